@@ -39,7 +39,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/lolcats-lab demo
+	HF_HUB_OFFLINE=1 $(BIN)/lolcats-lab linearize --out runs/demo
 
 # CI sets CI=true: then notebooks and slow tests shrink their steps (LOLCATS_CI=1)
 LOLCATS_CI ?= $(if $(CI),1,)
