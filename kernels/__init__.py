@@ -10,3 +10,48 @@ the probe answers False. tests/test_packaging.py checks both.
 
 if __name__ == "lolcats_lab.kernels":
     pass  # public ops live in the submodules: lolcats_lab.kernels.linear_attn, .hybrid_attn, .decode
+
+# Public ops. Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
+# without Triton; only calling an op needs it. (The ops are named triton_* so that they never clash with
+# the submodules of the same stem, e.g. `lolcats_lab.kernels.linear_attn`.)
+
+
+def _require_triton():
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:  # pragma: no cover - Triton ships with CUDA builds of torch
+        raise ImportError(
+            "the lolcats_lab.kernels ops need Triton (`pip install triton`); on machines without it use "
+            "the PyTorch forms in lolcats_lab.attention (impl='chunk')"
+        ) from err
+
+
+def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=64):
+    """Causal linear attention on features fq, fk [B, H, T, F], v [B, H, T, D] -> [B, H, T, D]."""
+    _require_triton()
+    from .linear_attn import linear_attn
+
+    return linear_attn(fq, fk, v, eps=eps, chunk_size=chunk_size)
+
+
+def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=64):
+    """Causal linear attention with the Hedgehog map fused: q, k [B, H, T, K], wq, wk [H, K, f]."""
+    _require_triton()
+    from .linear_attn import hedgehog_linear_attn
+
+    return hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size)
+
+
+def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink_tokens=0, scale=None,
+                       eps=1e-12, chunk_size=64):  # fmt: skip
+    """Causal LoLCATs hybrid attention (SPEC.md), exactly ``naive_hybrid_attn`` for window >= 1."""
+    _require_triton()
+    from .hybrid_attn import hybrid_attn
+
+    return hybrid_attn(
+        q, k, v, fq, fk, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+        chunk_size=chunk_size,
+    )  # fmt: skip
+
+
+__all__ = ["triton_hedgehog_linear_attn", "triton_hybrid_attn", "triton_linear_attn"]

@@ -134,7 +134,7 @@ def _train_one(wrapper, layer: int, attn_inputs, cfg: TransferConfig, checkpoint
         args, kwargs = attn_inputs[int(rows[0, 0])]
         wrapper(*args, **kwargs)
         mse = wrapper.transfer_mse.mean()
-        return cfg.mse_scale * mse, {"mse": float(mse), "layer": layer}
+        return cfg.mse_scale * mse, {"mse": mse.detach().item(), "layer": layer}
 
     index = torch.arange(len(attn_inputs))[:, None]  # one "row" per cached batch
     layer_cfg = replace(cfg, batch_size=1, desc=f"{cfg.desc} layer {layer}")
