@@ -47,7 +47,8 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 LOLCATS_CI=$(LOLCATS_CI) $(BIN)/pytest tests $(NOTEBOOKS) \
-		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+		--ignore-glob='tests/browser/*.ipynb' $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
