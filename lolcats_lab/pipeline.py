@@ -18,7 +18,7 @@ import torch
 
 PRESETS = {
     # finishes in well under 10 minutes on a 2-core CPU with the embedded SmolLM2-135M
-    "quick": dict(window=32, seq_len=128, batch_size=2, transfer_steps=40, transfer_lr=1e-2, lora_steps=20, lora_lr=1e-3,
+    "quick": dict(window=32, seq_len=128, batch_size=2, transfer_steps=150, transfer_lr=2e-2, lora_steps=20, lora_lr=1e-3,
                   train_sequences=400, val_sequences=12),
     # the paper's recipe (Zhang et al. 2024, Llama 3 8B): seq 1024, ~20M transfer tokens; meant for a GPU
     "paper": dict(window=64, seq_len=1024, batch_size=8, transfer_steps=2000, transfer_lr=1e-2, lora_steps=2000, lora_lr=1e-4,
