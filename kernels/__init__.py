@@ -8,10 +8,7 @@ does not catch the error) nor look like the Hugging Face package (no ``__version
 the probe answers False. tests/test_packaging.py checks both.
 """
 
-if __name__ == "lolcats_lab.kernels":
-    pass  # public ops live in the submodules: lolcats_lab.kernels.linear_attn, .hybrid_attn, .decode
-
-# Public ops. Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
+# Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
 # without Triton; only calling an op needs it. (The ops are named triton_* so that they never clash with
 # the submodules of the same stem, e.g. `lolcats_lab.kernels.linear_attn`.)
 
@@ -54,4 +51,12 @@ def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink
     )  # fmt: skip
 
 
-__all__ = ["triton_hedgehog_linear_attn", "triton_hybrid_attn", "triton_linear_attn"]
+def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=None, eps=1e-12):
+    """One batched decoding step against a ``lolcats_lab.kernels.decode.RingHybridCache`` (updated in place)."""
+    _require_triton()
+    from .decode import hybrid_decode_step
+
+    return hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, scale=scale, eps=eps)
+
+
+__all__ = ["triton_hedgehog_linear_attn", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]

@@ -12,25 +12,28 @@ def _require_cuda(name: str, x: torch.Tensor) -> None:
         )
 
 
-def _kernel_module(name: str):
-    try:
-        import triton  # noqa: F401
-    except ImportError as err:  # pragma: no cover - triton ships with CUDA torch on Linux
-        raise ImportError("impl='triton' needs the `triton` package: pip install triton") from err
-    import importlib
-
-    return importlib.import_module(f"lolcats_lab.kernels.{name}")
-
-
 def triton_linear_attn(fq, fk, v, *, causal, key_mask, eps):
     _require_cuda("fq", fq)
     if not causal or key_mask is not None:
         raise ValueError("the Triton linear-attention kernel is causal and takes no key_mask; use impl='chunk'")
-    return _kernel_module("linear_attn").linear_attn(fq, fk, v, eps=eps)
+    from lolcats_lab.kernels import triton_linear_attn as op
+
+    return op(fq, fk, v, eps=eps)
 
 
 def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind, causal, sink_tokens, key_mask, scale, eps):
     _require_cuda("q", q)
-    if not causal or key_mask is not None or sink_tokens:
-        raise ValueError("the Triton hybrid kernel is causal, without key_mask or sink tokens; use impl='chunk'")
-    return _kernel_module("hybrid_attn").hybrid_attn(q, k, v, fq, fk, window_logit, window=window, kind=kind, scale=scale, eps=eps)
+    if not causal or key_mask is not None:
+        raise ValueError("the Triton hybrid kernel is causal and takes no key_mask; use impl='chunk'")
+    if window == 0 and sink_tokens == 0:  # no window keys at all: exactly linear attention
+        return triton_linear_attn(fq, fk, v, causal=True, key_mask=None, eps=eps)
+    if window == 0:
+        raise ValueError("the Triton hybrid kernel needs window >= 1 (sinks with window 0: use impl='chunk')")
+    from lolcats_lab.kernels import triton_hybrid_attn as op
+
+    return op(q, k, v, fq, fk, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps)
+
+
+def triton_supported(x: torch.Tensor, *, causal: bool, key_mask) -> bool:
+    """Whether impl="auto" should take the Triton kernels: CUDA tensors, causal, no key mask."""
+    return x.is_cuda and causal and key_mask is None

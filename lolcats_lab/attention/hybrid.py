@@ -246,11 +246,14 @@ def hybrid_attn(
     eps: float = HYBRID_EPS, impl: str = "auto",
 ) -> torch.Tensor:
     """Hybrid attention with an explicit implementation: "naive", "chunk", "triton" (CUDA, causal, no key
-    mask or sinks) or "auto" ("chunk" for now; Triton joins "auto" once wired, chosen by device)."""
+    mask) or "auto" (Triton for causal CUDA inputs without a key mask, else "chunk"; decided by device)."""
     check_impl(impl, ("auto", "naive", "chunk", "triton"))
     kw = dict(window=window, kind=kind, causal=causal, sink_tokens=sink_tokens, key_mask=key_mask, scale=scale, eps=eps)
     if impl == "auto":
-        impl = "chunk"
+        from .dispatch import triton_supported
+
+        triton_ok = triton_supported(q, causal=causal, key_mask=key_mask) and (window > 0 or sink_tokens == 0)
+        impl = "triton" if triton_ok else "chunk"
     if impl == "naive":
         return naive_hybrid_attn(q, k, v, fq, fk, window_logit, **kw)
     if impl == "chunk":

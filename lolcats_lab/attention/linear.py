@@ -173,12 +173,14 @@ def linear_attn(
     """Linear attention with an explicit implementation choice.
 
     impl: "naive" (quadratic reference), "chunk" (PyTorch O(T)), "recurrent" (token loop, causal only),
-    "triton" (CUDA kernel, causal, no key_mask), or "auto": "chunk" for now (the Triton kernels are
-    opt-in until they are wired into "auto" by device, never by a failed import).
+    "triton" (CUDA kernel, causal, no key_mask), or "auto": Triton for causal CUDA inputs without a key
+    mask, else "chunk" (decided by device, never by a failed import).
     """
     check_impl(impl, ("auto", "naive", "chunk", "recurrent", "triton"))
     if impl == "auto":
-        impl = "chunk"
+        from .dispatch import triton_supported
+
+        impl = "triton" if triton_supported(fq, causal=causal, key_mask=key_mask) else "chunk"
     if impl == "naive":
         return naive_linear_attn(fq, fk, v, causal=causal, key_mask=key_mask, eps=eps)
     if impl == "chunk":

@@ -1,0 +1,73 @@
+"""Helpers shared by the Triton kernels: input checks, block sizes, interpreter and autotune handling.
+
+Nothing here launches a kernel. Triton is imported lazily by the kernel modules, so importing this file
+works without Triton installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, set by tests/conftest.py)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotune_configs(*configs):
+    """The interpreter cannot time candidates (two configs fail with "0 active drivers"): give it one."""
+    return list(configs[:1]) if is_interpreter() else list(configs)
+
+
+def block(n: int, minimum: int = 16) -> int:
+    """Power-of-two tile size covering ``n`` (tl.dot needs every dim >= 16 on the GPU)."""
+    import triton
+
+    return max(minimum, triton.next_power_of_2(int(n)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: exact fp32 ("ieee") for fp32 inputs; TF32 for fp16/bf16 inputs, whose values
+    TF32 represents exactly (10-bit mantissa); products of fp32 intermediates are rounded to TF32 (~5e-4)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def check_device(name: str, x: torch.Tensor) -> None:
+    """Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter."""
+    if not (x.is_cuda or (x.device.type == "cpu" and is_interpreter())):
+        raise ValueError(
+            f"{name} is on {x.device}; the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU "
+            "tensors, slow, for tests). Use the PyTorch forms in lolcats_lab.attention on other devices"
+        )
+
+
+def check_tensor(name: str, x: torch.Tensor, ndim: int, shape_doc: str) -> None:
+    """x: a floating tensor of ``ndim`` dims in a supported dtype, on a kernel-capable device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have shape {shape_doc} ({ndim} dims), got {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}; cast it first")
+    check_device(name, x)
+
+
+def check_same_dtype_device(**tensors: torch.Tensor) -> None:
+    items = list(tensors.items())
+    name0, x0 = items[0]
+    for name, x in items[1:]:
+        if x.dtype != x0.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but {name0} has {x0.dtype}; cast them to one dtype")
+        if x.device != x0.device:
+            raise ValueError(f"{name} is on {x.device} but {name0} is on {x0.device}; move them to one device")
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 16:
+        raise ValueError(f"chunk_size must be an int >= 16 (a power of two; tl.dot needs 16), got {chunk_size!r}")
+    if chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two (Triton tile size), got {chunk_size}")

@@ -1,0 +1,522 @@
+"""LoLCATs hybrid attention in Triton (terraced "tk" and sliding "sw" windows): forward and exact backward.
+
+Math (SPEC.md "The hybrid output"), per batch element and head, s_ij = q_i . k_j * scale in fp32,
+gamma = sigmoid(window_logit[h]), W_i window keys, L_i linear keys (every causal key in exactly one):
+
+    M_i  = max_{j in W_i} s_ij                                   (row maximum over WINDOW keys only)
+    y_i  = (gamma sum_{W_i} exp(s_ij - M_i) v_j + sum_{L_i} (fq_i . fk_j) v_j)
+         / (gamma sum_{W_i} exp(s_ij - M_i)     + sum_{L_i} (fq_i . fk_j)     + eps)
+
+    sw  W_i = { j : i - w < j <= i }          tk  W_i = { j <= i : j // w >= i // w - 1 }
+    sinks (sink_tokens = n): keys j < n join W_i for every i >= j and leave L_i.
+
+Reference: ``lolcats_lab.attention.hybrid.naive_hybrid_attn`` (causal, no key mask, window >= 1).
+
+Shapes: q [B, H, T, K]; k [B, KH, T, K]; v [B, VH, T, D] (KH, VH divide H: grouped-query heads are read
+in place, not repeated); fq, fk [B, H, T, F]; window_logit [H] -> y [B, H, T, D].
+
+Forward: one program per (batch, head) walks query tiles of BT tokens. For a tile starting at c0 every key
+j < L0(c0) is linear for all its queries (sw: L0 = c0 - w + 1; tk: L0 = (c0 // w - 1) w); those keys are
+summed in a running state S = sum fk v^T [F, D], z = sum fk [F] (sinks excluded). The keys in
+[L0, c0 + BT) (plus sinks below L0) are visited tile by tile with element masks: window keys with an
+online maximum (the running max ends at exactly M_i, so the window sums come out relative to M_i as the
+SPEC requires, while the linear sums are kept apart and never rescaled), linear keys as masked
+fq fk^T. Work O(T (w + BT)), memory O(T) beyond the inputs.
+
+Precision: scores, exponentials, sums and states are fp32. Dot operands are fp32 (exact for fp32 inputs,
+TF32 for fp16/bf16 inputs) unless the inputs are fp16/bf16 and a tile exceeds 128 x 128 (K, F or D
+above 128); then they are cast to the input's half type ("LOWP"), since fp32 operands would exceed the
+H100's 227 KB of shared memory.
+
+Backward, with den_i the denominator, dn_i = dy_i / den_i, dd_i = -dn_i . y_i, g_ij = dn_i . v_j + dd_i:
+    window:  e_ij = gamma exp(s_ij - M_i);  ds_ij = e_ij g_ij + dM_i [j = argmax_i];  dv_j += e_ij dn_i
+    M_i:     dM_i = -sum_{j in W_i} e_ij g_ij  (real: the linear terms are not rescaled by exp(-M_i)),
+             evaluated as -dn_i . (N^w_i (D^l_i + eps) - N^l_i D^w_i) / den_i from the separate window (w)
+             and linear (l) numerators N and denominators D: the same value without the cancellation
+             between dn . v_j and dd_i, which in TF32 swamped the window_logit gradient
+    linear:  dfq_i += g_ij fk_j,  dfk_j += g_ij fq_i,  dv_j += (fq_i . fk_j) dn_i
+    gamma:   d window_logit_h = (1 - gamma_h) sum_{b, i} -dM_i
+    dq = scale sum_j ds_ij k_j,  dk = scale sum_i ds_ij q_i
+Kernel 1 (forward scan over query tiles) recomputes the forward, writes den, dd, M, argmax, dM
+([B, H, T]) and dq, dfq. Kernel 2 (reverse scan over key tiles, with the reverse linear state
+P = sum fq dn^T, r = sum dd fq over the queries for which the whole key tile is linear) writes dk, dfk, dv.
+
+The gradient through M_i goes to the first maximising key (torch's ``amax`` splits it evenly among exact
+ties; with continuous inputs ties have probability zero, and both are valid subgradients).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import autotune_configs, block, check_chunk_size, check_same_dtype_device, check_tensor, dot_precision
+
+HYBRID_EPS = 1e-12
+
+_CONFIGS = autotune_configs(  # two candidates: every extra one costs a compile per shape and dtype
+    triton.Config({}, num_warps=8, num_stages=1),
+    triton.Config({}, num_warps=4, num_stages=1),
+)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@triton.jit
+def _rows(p, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
+    """Rows o_t of a contiguous [T, X] matrix as an fp32 [len(o_t), BX] tile, zero where masked."""
+    o_x = tl.arange(0, BX)
+    return tl.load(p + o_t[:, None] * X + o_x[None, :], mask=m_t[:, None] & (o_x < X)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store(p, b_x, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
+    o_x = tl.arange(0, BX)
+    tl.store(p + o_t[:, None] * X + o_x[None, :], b_x.to(p.dtype.element_ty), mask=m_t[:, None] & (o_x < X)[None, :])
+
+
+@triton.jit
+def _dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with both operands cast to DT (fp32 accumulation)."""
+    return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
+
+
+@triton.jit
+def _masks(o_i, o_j, T, W, NS, TK: tl.constexpr):
+    """(in_window, in_linear) [len(o_i), len(o_j)] for absolute query / key positions (SPEC.md)."""
+    causal = (o_j[None, :] <= o_i[:, None]) & (o_i < T)[:, None] & (o_j < T)[None, :]
+    if TK:
+        near = (o_j // W)[None, :] >= (o_i // W)[:, None] - 1
+    else:
+        near = (o_i[:, None] - o_j[None, :]) < W
+    near = near | (o_j < NS)[None, :]
+    return causal & near, causal & (near == 0)
+
+
+@triton.jit
+def _linear_start(c0, W, TK: tl.constexpr):
+    """L0: every key j < L0 is linear for every query i >= c0 (sinks aside)."""
+    if TK:
+        L0 = (c0 // W - 1) * W
+    else:
+        L0 = c0 - W + 1
+    return tl.maximum(L0, 0)
+
+
+@triton.jit
+def _fwd_step(
+    k, v, fk, b_q, b_fq, o_i, j0, jend, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
+    K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """Add the key tile [j0, min(j0 + BT, jend)) to one query tile's running sums (online window max)."""
+    o_j = j0 + tl.arange(0, BT)
+    m_j = o_j < jend
+    b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
+    b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
+    b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
+    m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+    m_w = m_w & m_j[None, :]
+    m_l = m_l & m_j[None, :]
+    b_s = tl.where(m_w, _dot(b_q, tl.trans(b_k), DT, PREC) * scale, float("-inf"))  # [BT, BT]
+    t_max = tl.max(b_s, 1)
+    t_arg = tl.argmax(b_s, 1)
+    b_idx = tl.where(t_max > b_m, j0 + t_arg, b_idx)  # strict: the first maximiser wins
+    m_new = tl.maximum(b_m, t_max)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(b_m - m_safe)  # exp(-inf) = 0 before the first window key
+    b_p = tl.where(m_w, tl.exp(b_s - m_safe[:, None]), 0.0)  # [BT, BT]
+    b_aw = b_aw * alpha[:, None] + _dot(b_p, b_v, DT, PREC)
+    b_lw = b_lw * alpha + tl.sum(b_p, 1)
+    b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)  # [BT, BT]
+    b_al += _dot(b_a, b_v, DT, PREC)
+    b_ll += tl.sum(b_a, 1)
+    return m_new, b_idx, b_aw, b_lw, b_al, b_ll
+
+
+@triton.jit
+def _fwd_tile(
+    k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
+    K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """One query tile: returns the window part (gamma sum e v [BT, BV], gamma sum e [BT]), the linear part
+    (sum a v incl. the state [BT, BV], sum a [BT]), M [BT] and the argmax [BT] int32; y = (nw + nl) / (dw + dl + eps)."""
+    b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
+    b_idx = tl.full([BT], -1, dtype=tl.int32)
+    b_aw = tl.zeros([BT, BV], dtype=tl.float32)  # window numerator, relative to the running max
+    b_lw = tl.zeros([BT], dtype=tl.float32)
+    b_al = tl.zeros([BT, BV], dtype=tl.float32)  # linear numerator (intra), never rescaled
+    b_ll = tl.zeros([BT], dtype=tl.float32)
+    n_sink = tl.minimum(NS, L0)  # sinks the state skipped and the main range does not cover
+    for j0 in range(0, n_sink, BT):
+        b_m, b_idx, b_aw, b_lw, b_al, b_ll = _fwd_step(
+            k, v, fk, b_q, b_fq, o_i, j0, n_sink, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+    kend = tl.minimum(c0 + BT, T)
+    for j0 in range(L0, kend, BT):
+        b_m, b_idx, b_aw, b_lw, b_al, b_ll = _fwd_step(
+            k, v, fk, b_q, b_fq, o_i, j0, kend, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+    b_nl = b_al + _dot(b_fq, b_S, DT, PREC)  # [BT, BV]
+    b_dl = b_ll + tl.sum(b_fq * b_z[None, :], 1)  # [BT]
+    return gamma * b_aw, gamma * b_lw, b_nl, b_dl, tl.where(b_m == float("-inf"), 0.0, b_m), b_idx
+
+
+@triton.jit
+def _advance_state(fk, v, b_S, b_z, lo, hi, NS, F: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):  # fmt: skip
+    """S += sum_{lo <= j < hi, j >= n_sinks} fk_j v_j^T; z likewise."""
+    for j0 in range(lo, hi, BT):
+        o_j = j0 + tl.arange(0, BT)
+        m_j = (o_j < hi) & (o_j >= NS)
+        b_fk = _rows(fk, o_j, m_j, F, BF)
+        b_v = _rows(v, o_j, m_j, V, BV)
+        b_S += _dot(tl.trans(b_fk), b_v, DT, PREC)
+        b_z += tl.sum(b_fk, 0)
+    return b_S, b_z
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.jit(do_not_specialize=["T", "W", "NS"])
+def hybrid_attn_fwd_kernel(
+    q, k, v, fq, fk, gam, o, T, W, NS, scale, eps,
+    H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr,
+):  # fmt: skip
+    """Grid (B*H,). Writes y [B, H, T, D]."""
+    i_bh = tl.program_id(0)
+    i_bh64 = i_bh.to(tl.int64)
+    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
+    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
+    q += i_bh64 * T * K
+    k += i_bk * T * K
+    fq += i_bh64 * T * F
+    fk += i_bh64 * T * F
+    v += i_bv * T * V
+    o += i_bh64 * T * V
+    gamma = tl.load(gam + i_bh % H)
+    b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    b_z = tl.zeros([BF], dtype=tl.float32)
+    L_done = T * 0  # keys < L_done are in the state (an int32 scalar, like L0)
+    for i_t in range(tl.cdiv(T, BT)):
+        c0 = i_t * BT
+        o_i = c0 + tl.arange(0, BT)
+        m_i = o_i < T
+        L0 = _linear_start(c0, W, TK)
+        b_S, b_z = _advance_state(fk, v, b_S, b_z, L_done, L0, NS, F, V, BT, BF, BV, PREC, DT)
+        L_done = L0
+        b_q = _rows(q, o_i, m_i, K, BK)
+        b_fq = _rows(fq, o_i, m_i, F, BF)
+        b_nw, b_dw, b_nl, b_dl, _, _ = _fwd_tile(
+            k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+        _store(o, (b_nw + b_nl) / (b_dw + b_dl + eps)[:, None], o_i, m_i, V, BV)
+
+
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.jit(do_not_specialize=["T", "W", "NS"])
+def hybrid_attn_bwd_dq_kernel(
+    q, k, v, fq, fk, do, gam, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps,
+    H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr,
+):  # fmt: skip
+    """Grid (B*H,). Forward scan: recompute each query tile, then dq, dfq; writes den, dd, M, argmax, dM."""
+    i_bh = tl.program_id(0)
+    i_bh64 = i_bh.to(tl.int64)
+    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
+    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
+    q += i_bh64 * T * K
+    dq += i_bh64 * T * K
+    k += i_bk * T * K
+    fq += i_bh64 * T * F
+    dfq += i_bh64 * T * F
+    fk += i_bh64 * T * F
+    v += i_bv * T * V
+    do += i_bh64 * T * V
+    den += i_bh64 * T
+    dd += i_bh64 * T
+    mx += i_bh64 * T
+    amax += i_bh64 * T
+    dm += i_bh64 * T
+    gamma = tl.load(gam + i_bh % H)
+    b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    b_z = tl.zeros([BF], dtype=tl.float32)
+    L_done = T * 0
+    for i_t in range(tl.cdiv(T, BT)):
+        c0 = i_t * BT
+        o_i = c0 + tl.arange(0, BT)
+        m_i = o_i < T
+        L0 = _linear_start(c0, W, TK)
+        b_S, b_z = _advance_state(fk, v, b_S, b_z, L_done, L0, NS, F, V, BT, BF, BV, PREC, DT)
+        L_done = L0
+        b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
+        b_fq = _rows(fq, o_i, m_i, F, BF)  # [BT, BF]
+        b_nw, b_dw, b_nl, b_dl, b_m, b_idx = _fwd_tile(
+            k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+        b_den = b_dw + b_dl + eps  # [BT]
+        b_dn = _rows(do, o_i, m_i, V, BV) / b_den[:, None]  # [BT, BV]
+        b_dd = -tl.sum(b_dn * (b_nw + b_nl), 1) / b_den  # [BT]
+        # dM = -sum_W e g = -dn . (nw (dl + eps) - nl dw) / den: the same quantity written without the
+        # cancellation between dn . v_j and dd (exactly 0 for rows whose keys are all window keys)
+        b_dm = -tl.sum(b_dn * (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]), 1) / b_den
+        # second pass over the same keys: gradients
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        b_kmax = tl.zeros([BT, BK], dtype=tl.float32)  # k at the argmax of each row
+        b_dfq = tl.zeros([BT, BF], dtype=tl.float32)
+        n_sink = tl.minimum(NS, L0)
+        kend = tl.minimum(c0 + BT, T)
+        n_sink_tiles = tl.cdiv(n_sink, BT)
+        for i_j in range(n_sink_tiles + tl.cdiv(kend - L0, BT)):
+            if i_j < n_sink_tiles:
+                j0 = i_j * BT
+                jend = n_sink
+            else:
+                j0 = L0 + (i_j - n_sink_tiles) * BT
+                jend = kend
+            o_j = j0 + tl.arange(0, BT)
+            m_j = o_j < jend
+            b_k = _rows(k, o_j, m_j, K, BK)
+            b_fk = _rows(fk, o_j, m_j, F, BF)
+            b_v = _rows(v, o_j, m_j, V, BV)
+            m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+            m_w = m_w & m_j[None, :]
+            m_l = m_l & m_j[None, :]
+            b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
+            b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
+            b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]  # [BT, BT]
+            b_dq += _dot(b_e * b_g, b_k, DT, PREC)
+            b_hit = tl.where(m_w & (o_j[None, :] == b_idx[:, None]), 1.0, 0.0)
+            b_kmax += _dot(b_hit, b_k, DT, PREC)
+            b_dfq += _dot(tl.where(m_l, b_g, 0.0), b_fk, DT, PREC)
+        b_dq = (b_dq + b_dm[:, None] * b_kmax) * scale
+        b_dfq += _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :]
+        _store(dq, b_dq, o_i, m_i, K, BK)
+        _store(dfq, b_dfq, o_i, m_i, F, BF)
+        tl.store(den + o_i, b_den, mask=m_i)
+        tl.store(dd + o_i, b_dd, mask=m_i)
+        tl.store(mx + o_i, b_m, mask=m_i)
+        tl.store(amax + o_i, b_idx, mask=m_i)
+        tl.store(dm + o_i, b_dm, mask=m_i)
+
+
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.jit(do_not_specialize=["T", "W", "NS"])
+def hybrid_attn_bwd_dkv_kernel(
+    q, k, v, fq, fk, do, gam, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale,
+    H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr,
+):  # fmt: skip
+    """Grid (B*H,). Reverse scan over key tiles: dk, dfk, dv."""
+    i_bh = tl.program_id(0)
+    i_bh64 = i_bh.to(tl.int64)
+    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
+    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
+    q += i_bh64 * T * K
+    k += i_bk * T * K
+    dk += i_bh64 * T * K
+    fq += i_bh64 * T * F
+    fk += i_bh64 * T * F
+    dfk += i_bh64 * T * F
+    v += i_bv * T * V
+    do += i_bh64 * T * V
+    dv += i_bh64 * T * V
+    den += i_bh64 * T
+    dd += i_bh64 * T
+    mx += i_bh64 * T
+    amax += i_bh64 * T
+    dm += i_bh64 * T
+    gamma = tl.load(gam + i_bh % H)
+    b_P = tl.zeros([BF, BV], dtype=tl.float32)  # sum_i fq_i dn_i^T over queries >= Q_done
+    b_r = tl.zeros([BF], dtype=tl.float32)  # sum_i dd_i fq_i
+    Q_done = T
+    NT = tl.cdiv(T, BT)
+    for i_r in range(NT):
+        c0 = (NT - 1 - i_r) * BT
+        o_j = c0 + tl.arange(0, BT)
+        m_j = o_j < T
+        # queries >= Q1 see every key of this tile as linear
+        if TK:
+            Q1 = ((c0 + BT - 1) // W + 2) * W
+        else:
+            Q1 = c0 + BT - 1 + W
+        Q1 = tl.minimum(Q1, T)
+        for i0 in range(Q1, Q_done, BT):
+            o_a = i0 + tl.arange(0, BT)
+            m_a = o_a < Q_done
+            b_fqa = _rows(fq, o_a, m_a, F, BF)
+            b_dna = _rows(do, o_a, m_a, V, BV) / tl.load(den + o_a, mask=m_a, other=1.0)[:, None]
+            b_P += _dot(tl.trans(b_fqa), b_dna, DT, PREC)
+            b_r += tl.sum(tl.load(dd + o_a, mask=m_a, other=0.0)[:, None] * b_fqa, 0)
+        Q_done = Q1
+        b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
+        b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
+        b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dfk = tl.zeros([BT, BF], dtype=tl.float32)
+        b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+        if c0 < NS:  # sinks are window keys of every later query: visit them all, no state
+            qend = T
+        else:
+            qend = Q1
+            b_dfk += _dot(b_v, tl.trans(b_P), DT, PREC) + b_r[None, :]
+            b_dv += _dot(b_fk, b_P, DT, PREC)
+        for i0 in range(c0, qend, BT):
+            o_i = i0 + tl.arange(0, BT)
+            m_i = o_i < qend
+            b_q = _rows(q, o_i, m_i, K, BK)
+            b_fq = _rows(fq, o_i, m_i, F, BF)
+            b_dn = _rows(do, o_i, m_i, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
+            b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)
+            b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
+            b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
+            b_dm = tl.load(dm + o_i, mask=m_i, other=0.0)
+            m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+            m_w = m_w & m_i[:, None]
+            m_l = m_l & m_i[:, None]
+            b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT_i, BT_j]
+            b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
+            b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)
+            b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]
+            b_ds = b_e * b_g + tl.where(m_w & (o_j[None, :] == b_idx[:, None]), b_dm[:, None], 0.0)
+            b_dk += _dot(tl.trans(b_ds), b_q, DT, PREC)
+            b_dfk += _dot(tl.trans(tl.where(m_l, b_g, 0.0)), b_fq, DT, PREC)
+            b_dv += _dot(tl.trans(b_e + b_a), b_dn, DT, PREC)
+        _store(dk, b_dk * scale, o_j, m_j, K, BK)
+        _store(dfk, b_dfk, o_j, m_j, F, BF)
+        _store(dv, b_dv, o_j, m_j, V, BV)
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+def _meta(q, k, fq, v, kind, chunk_size):
+    K, F, V = q.shape[-1], fq.shape[-1], v.shape[-1]
+    H = q.shape[1]
+    return dict(
+        H=H, GK=H // k.shape[1], GV=H // v.shape[1], K=K, F=F, V=V,
+        BT=chunk_size, BK=block(K), BF=block(F), BV=block(V), TK=kind == "tk", PREC=dot_precision(q.dtype),
+        LOWP=q.dtype != torch.float32 and max(block(K), block(F)) * block(V) > 128 * 128,
+    )  # fmt: skip
+
+
+def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64):
+    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D]."""
+    B, H, T, _ = q.shape
+    o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
+    hybrid_attn_fwd_kernel[(B * H,)](
+        q, k, v, fq, fk, gamma, o, T, window, sink_tokens, scale, eps, **_meta(q, k, fq, v, kind, chunk_size)
+    )
+    return o
+
+
+def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64):
+    """Launch both backward kernels. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
+    B, H, T, _ = q.shape
+    meta = _meta(q, k, fq, v, kind, chunk_size)
+    GK, GV = meta["GK"], meta["GV"]
+    stats = q.new_empty(4, B, H, T, dtype=torch.float32)  # den, dd, M, dM
+    den, dd, mx, dm = stats.unbind(0)
+    amax = q.new_empty(B, H, T, dtype=torch.int32)
+    dq, dfq, dfk = (torch.empty_like(x) for x in (q, fq, fk))
+    # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
+    dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
+    dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
+    hybrid_attn_bwd_dq_kernel[(B * H,)](
+        q, k, v, fq, fk, do, gamma, dq, dfq, den, dd, mx, amax, dm, T, window, sink_tokens, scale, eps, **meta
+    )
+    hybrid_attn_bwd_dkv_kernel[(B * H,)](
+        q, k, v, fq, fk, do, gamma, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale, **meta
+    )
+    if GK > 1:
+        dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
+    if GV > 1:
+        dv = dv.view(B, H // GV, GV, T, -1).sum(2).to(v.dtype)  # [B, VH, T, D]
+    # dL/dgamma = sum_W e_ij g_ij / gamma = -sum_i dM_i / gamma and dgamma/dlogit = gamma (1 - gamma)
+    d_logit = -(1.0 - gamma) * dm.sum(dim=(0, 2))  # [H]
+    return dq, dk, dv, dfq, dfk, d_logit
+
+
+class HybridAttnFunction(torch.autograd.Function):
+    """Autograd wrapper; saves the inputs only (the backward recomputes the forward per tile)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size):
+        gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
+        o = hybrid_attn_fwd(
+            q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+            chunk_size=chunk_size,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, fq, fk, gamma)
+        ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
+        ctx.logit_dtype = window_logit.dtype
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, fq, fk, gamma = ctx.saved_tensors
+        dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do.contiguous(), **ctx.cfg)
+        return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------- public op
+def hybrid_attn(
+    q, k, v, fq, fk, window_logit, *, window: int, kind: str = "tk", sink_tokens: int = 0,
+    scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 64,
+) -> torch.Tensor:  # fmt: skip
+    """Causal LoLCATs hybrid attention (Triton), exactly ``naive_hybrid_attn`` (SPEC.md), differentiable
+    w.r.t. q, k, v, fq, fk and window_logit.
+
+    Args:
+        q: [B, H, T, K], k: [B, KH, T, K] after RoPE; v: [B, VH, T, D]; KH and VH divide H (grouped-query
+            attention without repeating: query head h reads key/value head h // (H / KH)).
+        fq, fk: [B, H, T, F] feature-mapped q and k (per query head, as after HF's repeat_kv). window_logit: [H], gamma = sigmoid(window_logit).
+        window: w >= 1 (for w = 0 use the linear kernel). kind: "tk" or "sw". sink_tokens: n >= 0.
+        scale: score scale, default K ** -0.5. chunk_size: query/key tile (power of two >= 16).
+    Returns: y [B, H, T, D] in v's dtype. Memory O(B H T) beyond inputs and outputs.
+    """
+    check_tensor("q", q, 4, "[B, H, T, K]")
+    for name, x in (("k", k), ("v", v), ("fq", fq), ("fk", fk)):
+        check_tensor(name, x, 4, "[B, H, T, *]")
+    check_same_dtype_device(q=q, k=k, v=v, fq=fq, fk=fk)
+    B, H, T, _ = q.shape
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if fq.shape != fk.shape:
+        raise ValueError(f"fq and fk must have the same shape, got {tuple(fq.shape)} and {tuple(fk.shape)}")
+    if fq.shape[:3] != q.shape[:3]:
+        raise ValueError(f"fq has [B, H, T] = {tuple(fq.shape[:3])} but q has {tuple(q.shape[:3])}")
+    for name, x in (("k", k), ("v", v)):
+        if x.shape[0] != B or x.shape[2] != T:
+            raise ValueError(f"{name} has [B, T] = {(x.shape[0], x.shape[2])} but q has {(B, T)}")
+        if H % x.shape[1]:
+            raise ValueError(
+                f"{name} has {x.shape[1]} heads, which does not divide the {H} heads of q; grouped-query "
+                "inputs need H to be a multiple of the key/value head count"
+            )
+    H = q.shape[1]
+    if not isinstance(window_logit, torch.Tensor) or window_logit.shape != (H,):
+        got = tuple(window_logit.shape) if isinstance(window_logit, torch.Tensor) else type(window_logit).__name__
+        raise ValueError(f"window_logit must be a tensor of shape [H] = ({H},), one logit per head, got {got}")
+    if window_logit.device != q.device:
+        raise ValueError(f"window_logit is on {window_logit.device} but q is on {q.device}; move it")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1 (for window=0 use the linear-attention kernel), got {window!r}")
+    if kind not in ("tk", "sw"):
+        raise ValueError(f"kind must be 'tk' (terraced blocks) or 'sw' (plain sliding window), got {kind!r}")
+    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+        raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
+    if not (isinstance(eps, float) and eps >= 0.0):
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    check_chunk_size(chunk_size)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return HybridAttnFunction.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,
+        window, kind, sink_tokens, scale, eps, chunk_size,
+    )  # fmt: skip

@@ -1,0 +1,121 @@
+"""Triton hybrid decode step (ring-buffer cache) vs the full pass and the PyTorch decode step.
+
+SPEC.md "Decoding must equal training": feeding tokens one at a time must reproduce the rows of
+``naive_hybrid_attn`` on the whole sequence (fp32, tolerance table), for tk and sw windows, sinks, and a
+prompt prefilled with ``RingHybridCache.from_prompt``. CPU runs use Triton's interpreter.
+"""
+
+import pytest
+import torch
+
+from lolcats_lab.attention.hybrid import hybrid_decode_step as torch_decode_step
+from lolcats_lab.attention.hybrid import naive_hybrid_attn
+from lolcats_lab.kernels import triton_hybrid_decode_step as hybrid_decode_step
+from lolcats_lab.kernels.decode import RingHybridCache
+from tests.tolerances import TOLERANCES, check_close, rel_rms
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_seq(B, H, T, K, F, D, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, K, generator=g) * 2
+    k = torch.randn(B, H, T, K, generator=g)
+    v = torch.randn(B, H, T, D, generator=g)
+    fq, fk = torch.rand(B, H, T, F, generator=g), torch.rand(B, H, T, F, generator=g)
+    logit = torch.randn(H, generator=g)
+    return [x.to(DEVICE, dtype) for x in (q, k, v, fq, fk)] + [logit.to(DEVICE)]
+
+
+def decode_all(xs, cache, start):
+    """Run the kernel step by step from position ``start``; returns y [B, H, T - start, D]."""
+    q, k, v, fq, fk, logit = xs
+    ys = []
+    for p in range(start, q.shape[2]):
+        y, cache = hybrid_decode_step(*(x[:, :, p : p + 1] for x in (q, k, v, fq, fk)), logit, cache)
+        ys.append(y)
+    return torch.cat(ys, 2), cache
+
+
+# (kind, window, sinks, prompt length): block boundaries, folds of one key (sw) and of a block (tk)
+CASES = [("tk", 4, 0, 0), ("sw", 5, 0, 3), ("tk", 3, 2, 5), ("sw", 4, 3, 0), ("tk", 6, 0, 12), ("sw", 1, 0, 2)]
+
+
+@pytest.mark.parametrize("kind,window,sinks,prompt", CASES, ids=lambda x: str(x))
+def test_decode_equals_full_pass(kind, window, sinks, prompt):
+    B, H, T, K, F, D = 2, 2, 20, 12, 10, 9
+    xs = make_seq(B, H, T, K, F, D)
+    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
+    y_full = naive_hybrid_attn(*xs, **cfg)
+    cache = RingHybridCache.from_prompt(*(x[:, :, :prompt] for x in (xs[1], xs[2], xs[4])), **cfg)
+    y_dec, cache = decode_all(xs, cache, prompt)
+    check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
+    assert cache.pos == T
+
+
+def test_decode_matches_torch_decode_step_and_state():
+    """Same outputs as lolcats_lab.attention.hybrid.hybrid_decode_step, and the same linear state S, z."""
+    xs = make_seq(1, 2, 21, 12, 10, 9)
+    q, k, v, fq, fk, logit = xs
+    cfg = dict(window=4, kind="tk", sink_tokens=1)
+    ring = RingHybridCache.empty(1, 2, 12, 9, 10, device=DEVICE, **cfg)
+    ref_cache = None
+    for p in range(21):
+        tok = [x[:, :, p : p + 1] for x in (q, k, v, fq, fk)]
+        y_ref, ref_cache = torch_decode_step(*tok, logit, ref_cache, **cfg)
+        y, ring = hybrid_decode_step(*tok, logit, ring)
+        check_close(f"y[{p}]", y_ref, y, **TOLERANCES[torch.float32])
+    check_close("S", ref_cache.S, ring.S, **TOLERANCES[torch.float32])
+    check_close("z", ref_cache.z, ring.z, **TOLERANCES[torch.float32])
+
+
+def test_from_prompt_equals_stepping():
+    """A prefilled cache equals one built token by token (state and window ring)."""
+    xs = make_seq(1, 2, 19, 12, 10, 9)
+    cfg = dict(window=4, kind="sw", sink_tokens=2)
+    stepped = RingHybridCache.empty(1, 2, 12, 9, 10, device=DEVICE, **cfg)
+    _, stepped = decode_all(xs, stepped, 0)
+    pre = RingHybridCache.from_prompt(xs[1], xs[2], xs[4], **cfg)
+    check_close("S", pre.S, stepped.S, **TOLERANCES[torch.float32])
+    for name in ("k_buf", "v_buf", "fk_buf", "k_sink", "v_sink"):
+        assert torch.equal(getattr(pre, name), getattr(stepped, name)), name
+
+
+def test_decode_negative_control_and_constant_memory():
+    """A tk cache decoding an sw-trained sequence is wrong (the test can fail); cache size does not grow."""
+    xs = make_seq(1, 1, 24, 12, 10, 9)
+    cache = RingHybridCache.empty(1, 1, 12, 9, 10, window=4, kind="tk", device=DEVICE)
+    sizes = [t.numel() for t in (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf)]
+    y_dec, cache = decode_all(xs, cache, 0)
+    assert rel_rms(naive_hybrid_attn(*xs, window=4, kind="sw"), y_dec) > 1e-2
+    assert sizes == [t.numel() for t in (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf)]
+
+
+def test_decode_bad_inputs():
+    xs = make_seq(1, 2, 2, 4, 6, 5)
+    q, k, v, fq, fk, logit = xs
+    cache = RingHybridCache.empty(1, 2, 4, 5, 6, window=2, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^hybrid_decode_step takes one token \(dim 2 == 1\), got 2"):
+        hybrid_decode_step(q, k, v, fq, fk, logit, cache)
+    tok = [x[:, :, :1] for x in (q, k, v, fq, fk)]
+    with pytest.raises(ValueError, match=r"^window_logit must be a tensor of shape \[H\] = \(2,\)"):
+        hybrid_decode_step(*tok, logit[:1], cache)
+    small = RingHybridCache.empty(1, 2, 4, 5, 3, window=2, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^cache.S has shape \(1, 2, 3, 5\), expected \(1, 2, 6, 5\)"):
+        hybrid_decode_step(*tok, logit, small)
+    with pytest.raises(ValueError, match=r"^window must be an int >= 1"):
+        RingHybridCache.empty(1, 2, 4, 5, 6, window=0)
+    with pytest.raises(ValueError, match=r"^kind must be 'tk' or 'sw'"):
+        RingHybridCache.empty(1, 2, 4, 5, 6, window=2, kind="x")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["tk", "sw"])
+def test_gpu_decode_bf16(kind):
+    """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 40 steps: within 5e-3 relative RMS."""
+    xs = make_seq(4, 8, 340, 128, 128, 128, dtype=torch.bfloat16)
+    cfg = dict(window=64, kind=kind, sink_tokens=0)
+    y_full = naive_hybrid_attn(*[x.float() for x in xs[:5]], xs[5], **cfg)
+    cache = RingHybridCache.from_prompt(xs[1][:, :, :300], xs[2][:, :, :300], xs[4][:, :, :300], **cfg)
+    y_dec, _ = decode_all(xs, cache, 300)
+    assert rel_rms(y_full[:, :, 300:], y_dec.float()) < 5e-3

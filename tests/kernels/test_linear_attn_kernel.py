@@ -1,0 +1,308 @@
+"""Triton causal linear attention (unfused and with the Hedgehog map fused) vs the PyTorch reference.
+
+Forward outputs and every input gradient are compared with autograd through ``naive_linear_attn`` on the
+same inputs upcast to fp32, via ``check_close`` (relative RMS or absolute floor, tests/tolerances.py).
+On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1); bf16 and
+large shapes are gpu-only (the interpreter's bf16 loads are wrong).
+"""
+
+import math
+
+import pytest
+import torch
+
+from lolcats_lab.attention.linear import naive_linear_attn
+from lolcats_lab.feature_maps import make_feature_map
+from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_linear_attn
+from tests.tolerances import TOLERANCES, check_close, rel_rms
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (B, H, T, F, D): every length of the issue; F, D not powers of two in most cases (padded in-kernel)
+CASES = [
+    (1, 1, 1, 16, 16),
+    (2, 2, 63, 12, 10),
+    (1, 2, 64, 16, 16),
+    (2, 1, 65, 20, 9),
+    (1, 2, 127, 8, 24),
+    (2, 2, 129, 12, 10),
+]
+
+
+def case_id(c):
+    return "B{}-H{}-T{}-F{}-D{}".format(*c)
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Fill torch.empty / empty_like / new_empty with NaN so that a value the kernel forgot to write shows up."""
+    real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+    def poison(x):
+        return x.fill_(math.nan) if x.is_floating_point() else x.fill_(-7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: poison(real_new(self, *a, **kw)))
+
+
+def run_with_grads(fn, inputs, do):
+    """y = fn(*inputs); returns (y, grads of every input) for the upstream gradient do."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    y = fn(*leaves)
+    y.backward(do)
+    return y.detach(), [x.grad for x in leaves]
+
+
+def make_inputs(B, H, T, F, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fq = torch.rand(B, H, T, F, generator=g)  # non-negative features
+    fk = torch.rand(B, H, T, F, generator=g)
+    v = torch.randn(B, H, T, D, generator=g)
+    do = torch.randn(B, H, T, D, generator=g)
+    return [x.to(DEVICE, dtype) for x in (fq, fk, v)], do.to(DEVICE, dtype)
+
+
+def compare(name, ref, out, dtype):
+    tol = TOLERANCES[dtype]
+    check_close(name, ref, out.float(), **tol)
+
+
+# fp32 at every length, fp16 at three (keeps the interpreter run short)
+DTYPE_CASES = [pytest.param(c, torch.float32, id=f"fp32-{case_id(c)}") for c in CASES] + [
+    pytest.param(c, torch.float16, id=f"fp16-{case_id(c)}") for c in CASES if c[2] in (1, 65, 129)
+]
+
+
+@pytest.mark.parametrize("case,dtype", DTYPE_CASES)
+def test_linear_attn_matches_naive(case, dtype):
+    inputs, do = make_inputs(*case, dtype)
+    y_ref, g_ref = run_with_grads(naive_linear_attn, [x.float() for x in inputs], do.float())
+    y, g = run_with_grads(triton_linear_attn, inputs, do)
+    assert y.dtype == dtype and all(gi.dtype == dtype for gi in g)
+    compare("y", y_ref, y, dtype)
+    for name, a, b in zip(("dfq", "dfk", "dv"), g_ref, g):
+        compare(name, a, b, dtype)
+
+
+def test_linear_attn_chunk_size_16():
+    """A smaller tile (more chunk boundaries, a state carried over 5 chunks) gives the same result."""
+    inputs, do = make_inputs(2, 2, 65, 12, 10, torch.float32)
+    y_ref, g_ref = run_with_grads(naive_linear_attn, inputs, do)
+    y, g = run_with_grads(lambda *x: triton_linear_attn(*x, chunk_size=16), inputs, do)
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dfq", "dfk", "dv"), g_ref, g):
+        compare(name, a, b, torch.float32)
+
+
+def test_linear_attn_half_operands_for_large_state():
+    """F = 200, D = 80 (a 256 x 128 state tile): fp16 inputs take the half-operand path (LOWP), which the
+    GPU needs to fit shared memory; still within the fp16 tolerance of the fp32 reference."""
+    inputs, do = make_inputs(1, 1, 65, 200, 80, torch.float16)
+    y_ref, g_ref = run_with_grads(naive_linear_attn, [x.float() for x in inputs], do.float())
+    y, g = run_with_grads(lambda *x: triton_linear_attn(*x, chunk_size=32), inputs, do)
+    compare("y", y_ref, y, torch.float16)
+    for name, a, b in zip(("dfq", "dfk", "dv"), g_ref, g):
+        compare(name, a, b, torch.float16)
+
+
+def test_linear_attn_grouped_query_heads():
+    """fk with 2 and v with 1 head for 4 query heads == the reference on repeat_interleave'd inputs
+    (HF repeat_kv); gradients of the shared heads are the sums over their groups."""
+    g = torch.Generator().manual_seed(3)
+    fq, fk = torch.rand(2, 4, 65, 12, generator=g), torch.rand(2, 2, 65, 12, generator=g)
+    v, do = torch.randn(2, 1, 65, 10, generator=g), torch.randn(2, 4, 65, 10, generator=g)
+    inputs = [x.to(DEVICE) for x in (fq, fk, v)]
+
+    def reference(fq, fk, v):
+        return naive_linear_attn(fq, fk.repeat_interleave(2, 1), v.repeat_interleave(4, 1))
+
+    y_ref, g_ref = run_with_grads(reference, inputs, do.to(DEVICE))
+    y, g_out = run_with_grads(triton_linear_attn, inputs, do.to(DEVICE))
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dfq", "dfk", "dv"), g_ref, g_out):
+        assert b.shape == a.shape
+        compare(name, a, b, torch.float32)
+
+
+def test_linear_attn_negative_control():
+    """The comparison can fail: the non-causal reference is far from the causal kernel."""
+    inputs, _ = make_inputs(1, 2, 65, 12, 10, torch.float32)
+    y = triton_linear_attn(*inputs)
+    assert rel_rms(naive_linear_attn(*inputs, causal=False), y) > 0.1
+    assert rel_rms(naive_linear_attn(*inputs), y) < 1e-5
+
+
+def test_linear_attn_prefix_invariance():
+    """Appending tokens leaves earlier outputs bit-identical (causal, no dependence on T)."""
+    inputs, _ = make_inputs(1, 2, 100, 12, 10, torch.float32)
+    y_full = triton_linear_attn(*inputs)
+    y_pre = triton_linear_attn(*[x[:, :, :70] for x in inputs])
+    assert torch.equal(y_full[:, :, :70], y_pre)
+
+
+# --------------------------------------------------------------------------------------- fused Hedgehog map
+HH_CASES = [(1, 1, 1, 16, 8, 16), (2, 2, 65, 12, 6, 10), (1, 2, 129, 16, 16, 16)]  # (B, H, T, K, f, D)
+
+
+HH_DTYPE_CASES = [
+    pytest.param(c, dt, id="{}-B{}-H{}-T{}-K{}-f{}-D{}".format(name, *c))
+    for c in HH_CASES
+    for dt, name in ((torch.float32, "fp32"), (torch.float16, "fp16"))
+    if dt == torch.float32 or c[2] == 65  # fp16 at one length
+]
+
+
+@pytest.mark.parametrize("case,dtype", HH_DTYPE_CASES)
+def test_hedgehog_fused_matches_feature_map(case, dtype):
+    """Fused kernel == naive_linear_attn(HedgehogFeatureMap_q(q), HedgehogFeatureMap_k(k), v), all gradients."""
+    B, H, T, K, f, D = case
+    torch.manual_seed(0)
+    phi_q = make_feature_map("hedgehog", H, K, feature_dim=f, init="random").to(DEVICE)
+    phi_k = make_feature_map("hedgehog", H, K, feature_dim=f, init="random").to(DEVICE)
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(B, H, T, K, generator=g).to(DEVICE, dtype) for _ in range(2))
+    v = torch.randn(B, H, T, D, generator=g).to(DEVICE, dtype)
+    do = torch.randn(B, H, T, D, generator=g).to(DEVICE, dtype)
+    wq, wk = phi_q.weight.detach(), phi_k.weight.detach()  # [H, K, f] fp32
+
+    def reference(q, k, v, wq, wk):  # the real modules, with the weights as autograd leaves
+        fq = torch.func.functional_call(phi_q, {"weight": wq}, (q,))
+        fk = torch.func.functional_call(phi_k, {"weight": wk}, (k,))
+        return naive_linear_attn(fq, fk, v)
+
+    y_ref, g_ref = run_with_grads(reference, [x.float() for x in (q, k, v, wq, wk)], do.float())
+    y, g_out = run_with_grads(triton_hedgehog_linear_attn, [q, k, v, wq, wk], do)
+    compare("y", y_ref, y, dtype)
+    for name, a, b in zip(("dq", "dk", "dv"), g_ref, g_out):
+        compare(name, a, b, dtype)
+    for name, a, b in zip(("dwq", "dwk"), g_ref[3:], g_out[3:]):  # fp32 weights, summed over B and T
+        check_close(name, a, b, ratio=10 * TOLERANCES[dtype]["ratio"], atol=1e-5)
+
+
+def test_hedgehog_fused_grouped_query_heads():
+    """q with 4 heads, k and v with 2: per-query-head maps on the shared keys (as after repeat_kv)."""
+    torch.manual_seed(0)
+    H, K, f, D, T = 4, 12, 6, 10, 40
+    g = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(1, H, T, K, generator=g), torch.randn(1, 2, T, K, generator=g), torch.randn(1, 2, T, D, generator=g)
+    wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
+    do = torch.randn(1, H, T, D, generator=g)
+    inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
+
+    def reference(q, k, v, wq, wk):
+        def phi(x, w):
+            z = torch.einsum("bhtd,hdf->bhtf", x, w)
+            return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
+
+        return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(2, 1))
+
+    y_ref, g_ref = run_with_grads(reference, inputs, do.to(DEVICE))
+    y, g_out = run_with_grads(triton_hedgehog_linear_attn, inputs, do.to(DEVICE))
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
+        check_close(name, a, b, ratio=1e-4, atol=1e-5)
+
+
+def test_hedgehog_fused_negative_control():
+    """Swapping the two projections changes the output: the test sees which map went where."""
+    torch.manual_seed(0)
+    H, K, f = 2, 12, 6
+    q, k, v = (torch.randn(1, H, 65, K, device=DEVICE) for _ in range(3))
+    wq, wk = torch.randn(H, K, f, device=DEVICE), torch.randn(H, K, f, device=DEVICE)
+    y = triton_hedgehog_linear_attn(q, k, v, wq, wk)
+    assert rel_rms(triton_hedgehog_linear_attn(q, k, v, wk, wq), y) > 1e-2
+
+
+def test_linear_attn_non_contiguous_inputs():
+    """[B, T, H, F] tensors viewed as [B, H, T, F] (what a model's reshape gives) are handled."""
+    inputs, do = make_inputs(2, 3, 40, 12, 10, torch.float32)
+    views = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in inputs]
+    assert not views[0].is_contiguous()
+    check_close("y", naive_linear_attn(*inputs), triton_linear_attn(*views), **TOLERANCES[torch.float32])
+
+
+def test_import_without_triton_fails_only_on_call():
+    """`import lolcats_lab.kernels` works without Triton; calling an op raises a clear ImportError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import lolcats_lab.kernels as K\n"
+        "try:\n    K.triton_linear_attn(None, None, None)\nexcept ImportError as e:\n    print('raised:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "raised: the lolcats_lab.kernels ops need Triton" in out.stdout
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+def test_bad_inputs():
+    x = torch.rand(1, 2, 8, 4, device=DEVICE)
+    v = torch.randn(1, 2, 8, 5, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^fq and fk must have the same last dim, got 4 and 3"):
+        triton_linear_attn(x, x[..., :3], v)
+    with pytest.raises(ValueError, match=r"^v has \[B, T\] = \(1, 7\) but fq has \(1, 8\)"):
+        triton_linear_attn(x, x, v[:, :, :7])
+    with pytest.raises(ValueError, match=r"^fk has 3 heads, which does not divide the 2 heads of fq"):
+        triton_linear_attn(x, torch.cat([x, x[:, :1]], 1), v)
+    with pytest.raises(ValueError, match=r"^v must have shape \[B, H, T, D\] \(4 dims\)"):
+        triton_linear_attn(x, x, v[0])
+    with pytest.raises(ValueError, match=r"^fq must be float32, float16 or bfloat16"):
+        triton_linear_attn(x.double(), x.double(), v.double())
+    with pytest.raises(ValueError, match=r"^fk has dtype torch.float16 but fq has torch.float32"):
+        triton_linear_attn(x, x.half(), v)
+    with pytest.raises(ValueError, match=r"^chunk_size must be a power of two"):
+        triton_linear_attn(x, x, v, chunk_size=48)
+    with pytest.raises(ValueError, match=r"^chunk_size must be an int >= 16"):
+        triton_linear_attn(x, x, v, chunk_size=8)
+    w = torch.randn(2, 4, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^wq must have shape \[H, K, f\] with H=2, K=4"):
+        triton_hedgehog_linear_attn(x, x, v, w[:1], w)
+    with pytest.raises(ValueError, match=r"^wq and wk must have the same shape"):
+        triton_hedgehog_linear_attn(x, x, v, w, w[..., :2])
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors are accepted under the interpreter only")
+def test_cpu_tensor_without_interpreter_is_rejected(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"^fq is on cpu; the Triton kernels need CUDA tensors"):
+        triton_linear_attn(x, x, x)
+
+
+# --------------------------------------------------------------------------------------- GPU (bf16, large)
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1000, 2048])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_linear_attn_large(T, dtype):
+    """Issue targets: outputs within 5e-3 relative RMS, gradients within 1e-2 (D = F = 128, 4 heads)."""
+    inputs, do = make_inputs(1, 4, T, 128, 128, dtype)
+    y_ref, g_ref = run_with_grads(naive_linear_attn, [x.float() for x in inputs], do.float())
+    y, g = run_with_grads(triton_linear_attn, inputs, do)
+    assert rel_rms(y_ref, y.float()) < 5e-3
+    for a, b in zip(g_ref, g):
+        assert rel_rms(a, b.float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_hedgehog_fused_large(dtype):
+    B, H, T, K, f = 1, 4, 2048, 128, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(B, H, T, K, generator=g).to(DEVICE, dtype) for _ in range(4))
+    wq, wk = (0.1 * torch.randn(H, K, f, generator=g)).to(DEVICE), (0.1 * torch.randn(H, K, f, generator=g)).to(DEVICE)
+
+    def reference(q, k, v, wq, wk):
+        def phi(x, w):
+            z = torch.einsum("bhtd,hdf->bhtf", x, w)
+            return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
+
+        return naive_linear_attn(phi(q, wq), phi(k, wk), v)
+
+    y_ref, g_ref = run_with_grads(reference, [x.float() for x in (q, k, v, wq, wk)], do.float())
+    y, g_out = run_with_grads(triton_hedgehog_linear_attn, [q, k, v, wq, wk], do)
+    assert rel_rms(y_ref, y.float()) < 5e-3
+    for a, b in zip(g_ref, g_out):
+        assert rel_rms(a, b.float()) < 1e-2
