@@ -32,6 +32,7 @@ __all__ = [
     "generate_samples",
     "group_perplexity",
     "make_passkey_prompt",
+    "passkey_by_mode",
     "passkey_retrieval",
     "perplexity",
     "score_tokens",
@@ -329,3 +330,18 @@ def passkey_retrieval(
                 accuracy=correct / trials, mean_answer_logprob=sum(logps) / trials,
             ))
     return results
+
+
+def passkey_by_mode(
+    model: nn.Module, tokenizer, context_lengths: Sequence[int], modes: Sequence[str] = ("softmax", "linear"), **kwargs
+) -> dict[str, list[PasskeyResult]]:
+    """:func:`passkey_retrieval` in each attention mode (same prompts), restoring the model's mode after.
+
+    Note: "softmax" mode of a model with LoRA adapters still applies them, so it is not the teacher; evaluate
+    the base model for that.
+    """
+    out = {}
+    for mode in modes:
+        with attention_mode(model, mode):
+            out[mode] = passkey_retrieval(model, tokenizer, context_lengths, **kwargs)
+    return out
