@@ -204,8 +204,8 @@ class PerformerFeatureMap(FeatureMap):
 
     def __init__(self, num_heads: int, head_dim: int, feature_dim: int | None = None, seed: int = 0):
         super().__init__(num_heads, head_dim)
-        m = feature_dim or head_dim
-        if not isinstance(m, int) or m < 1:
+        m = head_dim if feature_dim is None else feature_dim
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
         self.feature_dim = m
         gen = torch.Generator().manual_seed(seed)

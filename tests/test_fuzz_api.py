@@ -339,49 +339,41 @@ def test_fuzz_perplexity(nll, num_tokens):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# known gaps (in files this test file does not own): each is a precise reproduction, strict xfail so the fix
-# flips it to a failure that asks for the marker to be removed
-
-
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="metrics: an out-of-range dim reaches torch and raises IndexError; check dims up front")
-def test_known_gap_metrics_dim_out_of_range():
-    metrics.attention_entropy(torch.full((2, 3), 1 / 3), dim=5)
-
-
-@pytest.mark.xfail(strict=True, reason="metrics.perplexity(total, num_tokens=0) returns exp(total) instead of "
-                   "raising; num_tokens must be a positive int")
-def test_known_gap_perplexity_zero_tokens():
-    with pytest.raises(ValueError):
-        metrics.perplexity(10.0, num_tokens=0)
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="metrics.mse/relative_error: dims that name one dim twice (e.g. (0, -1) on a 1-D tensor) "
-                   "raise RuntimeError from torch; normalise dims and raise ValueError")
-def test_known_gap_mse_duplicate_dims():
-    metrics.mse(torch.ones(3), torch.zeros(3), dims=(0, -1))
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="attention.hybrid: an fp64 window_logit with fp32 q/k/v promotes the scores to fp64 and the "
-                   "einsum with fp32 v fails (RuntimeError: expected scalar type Double but found Float); cast "
-                   "window_logit to the compute dtype (up(q).dtype) or raise a TypeError")
-def test_known_gap_hybrid_window_logit_dtype():
-    q = torch.randn(1, 1, 2, 1)
-    naive_hybrid_attn(q, q, q, q.abs(), q.abs(), torch.zeros(1, dtype=torch.float64), window=0)
+# gaps the fuzzing found (each was a strict xfail until fixed); now regression tests
 
 
 def _r(*shape, dtype=torch.float32):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, RuntimeError), reason=(
-    "attention.linear/hybrid: an empty sequence (T=0) works in the naive forms (returns [B, H, 0, D]) but the "
-    "chunked forms fail in torch.cat ('expected a non-empty list of Tensors') and recurrent_linear_attn in "
-    "torch.stack (RuntimeError); return the empty output early (or reject T=0 with a clear message everywhere)"))
+@pytest.mark.parametrize("call, match", [
+    (lambda: metrics.attention_entropy(torch.full((2, 3), 1 / 3), dim=5), r"dims \[5\] are out of range"),
+    (lambda: metrics.mse(torch.ones(3), torch.zeros(3), dims=(0, -1)), "name the same dim twice"),
+    (lambda: metrics.perplexity(10.0, num_tokens=0), "num_tokens must be a positive int"),
+    (lambda: metrics.perplexity(3.0, num_tokens=-2), "num_tokens must be a positive int"),
+    (lambda: metrics.spikiness(torch.zeros(2, 0)), "empty key dim"),
+    (lambda: make_feature_map("performer", 2, 4, feature_dim=0), "feature_dim"),
+    (lambda: chunk_linear_attn(_r(1, 1, 2, 2), _r(1, 1, 2, 2), _r(1, 1, 2, 2), chunk_size=True), "chunk_size"),
+    (lambda: softmax_attn(_r(1, 2, 3, 0), _r(1, 2, 3, 0), _r(1, 2, 3, 0)), "q has an empty last dim"),
+])
+def test_fixed_gap_raises_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_fixed_gap_error_metrics_on_lists_raise_type_error():
+    with pytest.raises(TypeError, match="a must be a torch.Tensor, got list"):
+        metrics.relative_error([1.0], [2.0])
+
+
+def test_fixed_gap_hybrid_window_logit_dtype_follows_the_inputs():
+    q = torch.randn(1, 1, 2, 1)
+    y = naive_hybrid_attn(q, q, q, q.abs(), q.abs(), torch.zeros(1, dtype=torch.float64), window=0)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
 @pytest.mark.parametrize("form", ["chunk_linear", "chunk_hybrid", "recurrent_linear"])
-def test_known_gap_empty_sequence(form):
+def test_fixed_gap_empty_sequence_gives_empty_output(form):
     fq, fk, v = _r(1, 2, 0, 3), _r(1, 2, 0, 3), _r(1, 2, 0, 4)
     if form == "chunk_linear":
         y = chunk_linear_attn(fq, fk, v)
@@ -392,55 +384,13 @@ def test_known_gap_empty_sequence(form):
     assert y.shape == (1, 2, 0, 4)
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError, reason=(
-    "attention._checks.check_bhtd accepts a zero-size head dim; softmax_attn then fails at D**-0.5 "
-    "(ZeroDivisionError). Reject D == 0 (and F == 0) in check_bhtd"))
-def test_known_gap_zero_head_dim():
-    softmax_attn(_r(1, 2, 3, 0), _r(1, 2, 3, 0), _r(1, 2, 3, 0))
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "attention.hybrid.hybrid_decode_step does not check the cache against the inputs: a cache for 3 heads "
-    "with 2-head inputs fails inside torch.cat; validate cache shapes as recurrent_linear_attn does"))
-def test_known_gap_decode_cache_shape_mismatch():
+def test_fixed_gap_decode_cache_shape_mismatch():
     from lolcats_lab.attention import prefill_hybrid_cache
 
     cache = prefill_hybrid_cache(_r(1, 3, 4, 4), _r(1, 3, 4, 4), _r(1, 3, 4, 3), window=2)
     x = _r(1, 2, 1, 4)
-    hybrid_decode_step(x, x, x, _r(1, 2, 1, 3), _r(1, 2, 1, 3), torch.zeros(2), cache, window=2)
-
-
-@pytest.mark.xfail(strict=True, reason="feature_maps.PerformerFeatureMap(feature_dim=0) is accepted (0 is falsy, so "
-                   "the default is used?); a non-positive feature_dim should raise like the other maps")
-def test_known_gap_performer_feature_dim_zero():
-    with pytest.raises(ValueError, match="feature_dim"):
-        make_feature_map("performer", 2, 4, feature_dim=0)
-
-
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "metrics.spikiness on a map with an empty key dim raises IndexError from amax; reject it with a ValueError"))
-def test_known_gap_spikiness_empty_keys():
-    metrics.spikiness(torch.zeros(2, 0))
-
-
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "metrics.mse/relative_error take lists and fail with AttributeError ('list' has no 'shape'); raise TypeError"))
-def test_known_gap_error_metrics_on_lists():
-    metrics.relative_error([1.0], [2.0])
-
-
-@pytest.mark.xfail(strict=True, reason="metrics.perplexity(total, num_tokens=-2) returns exp(-total/2) < 1 silently")
-def test_known_gap_perplexity_negative_tokens():
-    with pytest.raises(ValueError):
-        metrics.perplexity(3.0, num_tokens=-2)
-
-
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "attention.linear.chunk_linear_attn(chunk_size=True): bool passes the int check and torch.ones fails with "
-    "an internal TypeError ('ones() takes 1 positional argument'); reject bool like check_window does"))
-def test_known_gap_chunk_size_bool():
-    with pytest.raises(ValueError, match="chunk_size"):
-        chunk_linear_attn(_r(1, 1, 2, 2), _r(1, 1, 2, 2), _r(1, 1, 2, 2), chunk_size=True)
+    with pytest.raises(ValueError, match="use the cache of this layer and batch"):
+        hybrid_decode_step(x, x, x, _r(1, 2, 1, 3), _r(1, 2, 1, 3), torch.zeros(2), cache, window=2)
 
 
 # ----------------------------------------------------------------------------------------------------------

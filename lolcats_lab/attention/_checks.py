@@ -15,6 +15,8 @@ def check_bhtd(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must have shape [B, H, T, D] (4 dims), got {x.dim()} dims {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (fp32/fp16/bf16), got dtype {x.dtype}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty last dim (shape {tuple(x.shape)}): head/feature dims must be >= 1")
 
 
 def check_same_bh(ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:

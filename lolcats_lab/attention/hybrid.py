@@ -142,7 +142,7 @@ def naive_hybrid_attn(
     s_win = s.masked_fill(~in_win, float("-inf"))
     m = s_win.amax(-1, keepdim=True)  # [B, H, T, 1]
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows without window keys
-    gamma = torch.sigmoid(up(window_logit))[None, :, None, None]  # [1, H, 1, 1]
+    gamma = torch.sigmoid(window_logit.to(s.dtype))[None, :, None, None]  # [1, H, 1, 1]
     a_win = gamma * torch.exp(s_win - m)  # exp(-inf) = 0 outside the window
     a_lin = torch.einsum("bhif,bhjf->bhij", up(fq), up(fk)) * in_lin
     a = a_win + a_lin  # [B, H, T, T]
@@ -181,17 +181,19 @@ def chunk_hybrid_attn(
     """
     key_mask = _check_hybrid_inputs(q, k, v, fq, fk, window_logit, window, kind, key_mask, sink_tokens)
     C = hybrid_chunk_size(window) if chunk_size is None else chunk_size
-    if not isinstance(C, int) or C < 1 or (window > 0 and C % window):
+    if isinstance(C, bool) or not isinstance(C, int) or C < 1 or (window > 0 and C % window):
         raise ValueError(f"chunk_size must be a positive multiple of window={window}, got {chunk_size!r}")
     B, H, T, D = q.shape
     scale = D**-0.5 if scale is None else scale
     dev = q.device
-    q32, k32, v32, fq32 = up(q), up(k), up(v), up(fq)
+    if T == 0:  # empty sequence: empty output
+        return v.new_zeros(v.shape)
+    q32, k32, v32, fq32, fk32 = up(q), up(k), up(v), up(fq), up(fk)
     valid = torch.ones(B, T, dtype=torch.bool, device=dev) if key_mask is None else key_mask
     pos = torch.arange(T, device=dev)
     # keys feeding the linear state: real, and not sinks (sinks are always window keys)
-    fk_state = up(fk) * (valid & (pos >= sink_tokens)[None])[:, None, :, None]  # [B, H, T, F]
-    gamma = torch.sigmoid(up(window_logit))[None, :, None, None]  # [1, H, 1, 1]
+    fk_state = fk32 * (valid & (pos >= sink_tokens)[None])[:, None, :, None]  # [B, H, T, F]
+    gamma = torch.sigmoid(window_logit.to(q32.dtype))[None, :, None, None]  # [1, H, 1, 1]
     n_chunks = -(-T // C)
 
     if causal:
@@ -229,7 +231,7 @@ def chunk_hybrid_attn(
         in_win, in_lin = in_win[None, None] & kvalid, in_lin[None, None] & kvalid  # [B, 1, Cq, K]
 
         q_c, fq_c = q32[:, :, q0:q1], fq32[:, :, q0:q1]  # [B, H, Cq, *]
-        k_l, v_l, fk_l = k32[:, :, kidx], v32[:, :, kidx], up(fk)[:, :, kidx]  # [B, H, K, *]
+        k_l, v_l, fk_l = k32[:, :, kidx], v32[:, :, kidx], fk32[:, :, kidx]  # [B, H, K, *]
         s = torch.einsum("bhid,bhjd->bhij", q_c, k_l) * scale  # [B, H, Cq, K]
         s_win = s.masked_fill(~in_win, float("-inf"))
         m = s_win.amax(-1, keepdim=True)
@@ -364,6 +366,11 @@ def hybrid_decode_step(
     B, H, _, D = q.shape
     if cache is None:
         cache = HybridCache.empty(B, H, D, v.shape[-1], fq.shape[-1], device=q.device, dtype=up(q).dtype)
+    elif cache.S.shape != (B, H, fq.shape[-1], v.shape[-1]) or cache.k_win.shape[-1] != D:
+        raise ValueError(
+            f"cache holds S {tuple(cache.S.shape)} and keys of dim {cache.k_win.shape[-1]}; these inputs need "
+            f"S {(B, H, fq.shape[-1], v.shape[-1])} and dim {D}: use the cache of this layer and batch"
+        )
     cache = cache.append(k, v, fk, window=window, kind=kind, sink_tokens=sink_tokens)
     scale = D**-0.5 if scale is None else scale
 
@@ -372,7 +379,7 @@ def hybrid_decode_step(
     q32, fq32 = up(q), up(fq)
     s = torch.einsum("bhid,bhjd->bhij", q32, k_w) * scale  # [B, H, 1, n]
     m = s.amax(-1, keepdim=True) if s.shape[-1] else torch.zeros_like(s[..., :1])
-    gamma = torch.sigmoid(up(window_logit))[None, :, None, None]
+    gamma = torch.sigmoid(window_logit.to(s.dtype))[None, :, None, None]
     a_win = gamma * torch.exp(s - m)
     num = torch.einsum("bhij,bhjd->bhid", a_win, v_w) + torch.einsum("bhif,bhfd->bhid", fq32, cache.S)
     den = a_win.sum(-1) + torch.einsum("bhif,bhf->bhi", fq32, cache.z) + eps  # [B, H, 1]

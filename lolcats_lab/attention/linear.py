@@ -97,8 +97,10 @@ def chunk_linear_attn(
 ) -> torch.Tensor:
     """Chunked linear attention, O(T) time and memory. Same arguments and result as :func:`naive_linear_attn`."""
     key_mask = _check_linear_inputs(fq, fk, v, key_mask)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if fq.shape[2] == 0:  # empty sequence: empty output
+        return v.new_zeros(v.shape)
     fq32, fk32, v32 = up(fq), _masked_keys(fk, key_mask), up(v)
     if not causal:
         S = torch.einsum("bhtf,bhtd->bhfd", fk32, v32)  # [B, H, F, D]
@@ -156,7 +158,7 @@ def recurrent_linear_attn(
         num = torch.einsum("bhf,bhfd->bhd", q_t, S)
         den = torch.einsum("bhf,bhf->bh", q_t, z)[..., None] + eps
         ys.append(num / den)
-    y = torch.stack(ys, dim=2).to(v.dtype)  # [B, H, T, D]
+    y = torch.stack(ys, dim=2).to(v.dtype) if ys else v.new_zeros(v.shape)  # [B, H, T, D]
     return y, LinearState(S=S, z=z)
 
 
