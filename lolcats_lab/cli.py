@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     lin.add_argument("--resume", action="store_true", help="continue interrupted training stages from DIR")
     lin.add_argument("--checkpoint-every", type=_nonneg_int, default=0)
+    lin.add_argument("--layerwise", action="store_true", help="stage 1 one block at a time from cached teacher inputs")
+    lin.add_argument("--grad-checkpointing", action="store_true", help="stage 2 with activation checkpointing")
+    lin.add_argument("--no-memory-check", action="store_true", help="skip the memory estimate and refusal")
     lin.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("evaluate", help="perplexity of a linearized checkpoint (and of its teacher)")
@@ -99,6 +102,7 @@ def cmd_linearize(args) -> int:
         transfer_lr=args.transfer_lr, lora_steps=args.lora_steps, lora_lr=args.lora_lr, lora_rank=args.lora_rank,
         train_sequences=args.train_sequences, val_sequences=args.val_sequences, seed=args.seed, device=args.device,
         dtype=args.dtype, resume=args.resume, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        layerwise=args.layerwise, grad_checkpointing=args.grad_checkpointing, memory_check=not args.no_memory_check,
     )
     m = run_linearize(settings, log=lambda msg: print(msg, flush=True))
     print()
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; training state was checkpointed in the output directory (rerun with --resume)", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError) as err:
+    except (ValueError, OSError, ImportError, MemoryError) as err:
         print(f"lolcats-lab {args.command}: error: {err}", file=sys.stderr)
         return 2
 

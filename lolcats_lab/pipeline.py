@@ -55,6 +55,9 @@ class LinearizeSettings:
     device: str = "cpu"
     dtype: str = "float32"
     resume: bool = False
+    layerwise: bool = False  # stage 1 one block at a time from cached teacher inputs (big models, small GPUs)
+    grad_checkpointing: bool = False  # stage 2 recomputes each layer in backward (less memory, ~1.3x time)
+    memory_check: bool = True  # print the memory estimate and refuse runs that will not fit
     checkpoint_every: int = 0
     progress: bool = True
     samples: list[str] = field(default_factory=lambda: ["The meaning of life is", "def fibonacci(n):", "To be, or not to be"])
@@ -97,6 +100,30 @@ def _atomic_write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_memory_before_loading(s: LinearizeSettings, say) -> None:
+    """Print the memory estimate of both stages from the model's config and refuse (InsufficientMemory,
+    naming the flags that make it fit) when one will not fit the device's free memory. The embedded
+    defaults are small and skipped; a config that cannot be read is left to load_model to report."""
+    from .models import EMBEDDED_MODELS
+    from .scale.memory import RunShape, require_fit
+
+    if s.model in EMBEDDED_MODELS:
+        return
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(s.model, trust_remote_code=False)
+    except (OSError, ValueError):
+        return
+
+    for stage in ("transfer", "lora"):
+        per_stage = dict(layerwise=s.layerwise) if stage == "transfer" else dict(grad_checkpointing=s.grad_checkpointing)
+        run = RunShape(stage=stage, batch_size=s.batch_size, seq_len=s.seq_len, dtype=s.dtype,
+                       train_sequences=s.train_sequences, feature_dim=s.feature_dim, lora_rank=s.lora_rank, **per_stage)
+        est = require_fit(config, run, device=s.device, model=str(s.model))
+        say(est.table().replace("\n", "\n           "))
+
+
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy continuations (deterministic), one per prompt."""
@@ -114,7 +141,7 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     from .evaluate import perplexity
     from .analysis import head_statistics
     from .models import linearize, load_model, save_linearized, set_attention_mode
-    from .train import LoraSettings, TransferConfig, finetune_lora, layer_mse, transfer
+    from .train import LoopResult, LoraSettings, TransferConfig, finetune_lora, layer_mse, transfer
 
     s = settings.resolved()
     out = _prepare_out_dir(s.out)
@@ -122,6 +149,8 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     say = lambda msg: log(f"[{time.time() - t0:6.0f}s] {msg}")  # noqa: E731
     torch.manual_seed(s.seed)
     say(f"[1/6] loading {s.model}")
+    if s.memory_check:
+        check_memory_before_loading(s, say)
     model, tok = load_model(s.model, dtype=s.dtype, device=s.device)
     if tok is None:
         raise ValueError(f"{s.model} has no tokenizer files; the main job needs a tokenizer next to the model")
@@ -144,7 +173,13 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     say(f"[4/6] attention transfer: {s.transfer_steps} steps")
     tcfg = TransferConfig(steps=s.transfer_steps, lr=s.transfer_lr, batch_size=s.batch_size, mse_scale=s.mse_scale,
                           seed=s.seed, checkpoint_every=s.checkpoint_every, progress=s.progress)
-    t_result = transfer(model, train_ids, tcfg, checkpoint_dir=out / "transfer_state", resume=s.resume, callback=callback)
+    if s.layerwise:
+        from .train import transfer_layerwise
+
+        per_layer = transfer_layerwise(model, train_ids, tcfg, checkpoint_dir=out / "transfer_state", callback=callback)
+        t_result = LoopResult(steps_done=s.transfer_steps, history=[h for r in per_layer for h in r.history])
+    else:
+        t_result = transfer(model, train_ids, tcfg, checkpoint_dir=out / "transfer_state", resume=s.resume, callback=callback)
     mse_after = layer_mse(model, probe)  # [L, H]
     ppl_after = perplexity(model, val_ids, batch_size=s.batch_size)
     L, H = mse_after.shape
@@ -154,6 +189,10 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     say(f"[5/6] LoRA: {s.lora_steps} steps")
     lcfg = LoraSettings(steps=s.lora_steps, lr=s.lora_lr, rank=s.lora_rank, alpha=2.0 * s.lora_rank,
                         batch_size=s.batch_size, seed=s.seed, checkpoint_every=s.checkpoint_every, progress=s.progress)
+    if s.grad_checkpointing:
+        from .scale.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     l_result = finetune_lora(model, train_ids, lcfg, checkpoint_dir=out / "lora_state", resume=s.resume, callback=callback)
     set_attention_mode(model, "linear")
     ppl_lora = perplexity(model, val_ids, batch_size=s.batch_size)
@@ -174,7 +213,7 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
         "settings": {k: v for k, v in asdict(s).items() if k != "samples"},
         "data": data.info,
         "transfer_loss": [h["loss"] for h in t_result.history],
-        "transfer_layer_mse": [h["layer_mse"] for h in t_result.history],
+        "transfer_layer_mse": [h["layer_mse"] for h in t_result.history if "layer_mse" in h],
         "lora_loss": [h["loss"] for h in l_result.history],
         "head_mse_before": mse_before.tolist(),
         "head_mse_after": mse_after.tolist(),

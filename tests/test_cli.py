@@ -81,3 +81,14 @@ def test_argument_errors_exit_2(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.embedded
+def test_linearize_layerwise_with_grad_checkpointing_prints_the_memory_plan(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["linearize", "--out", str(out), "--model", tiny_model_dir, *FAST, "--layerwise", "--grad-checkpointing"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["layerwise"] and m["settings"]["grad_checkpointing"]
+    assert len(m["transfer_loss"]) == 2 * 3  # 3 steps for each of the 2 layers
+    printed = capsys.readouterr().out
+    assert "memory estimate" in printed and "stage 'transfer'" in printed and "stage 'lora'" in printed
