@@ -3,13 +3,18 @@
 A checkpoint directory holds ``linearized.safetensors`` (the wrappers' own parameters and buffers, named
 as in ``model.state_dict()``, without any base-model tensor, plus LoRA adapter weights when the model has
 them) and ``lolcats_config.json`` (base model name/path, model_type, layer/head counts, attention kind,
-feature map, window, dims, LoRA rank/alpha/targets, lolcats-lab version).
-Both are written to a temporary directory that is renamed into place. Loading rebuilds the wrappers on a
-base model and refuses one whose shape does not match the checkpoint, saying what differs.
+feature map, window, dims, LoRA rank/alpha/targets, lolcats-lab version, and ``weights_sha256``: the
+sha256 of ``linearized.safetensors``).
+Both are written to a temporary directory that is renamed into place. Loading checks the weights file against
+its sha256 (checkpoints written before the field existed load without the check), rebuilds the wrappers on a
+base model and refuses one whose shape does not match the checkpoint, saying what differs. A damaged checkpoint
+(unparsable JSON, missing config keys, truncated or altered weights) raises a one-line ValueError naming the
+file and the problem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +33,22 @@ WEIGHTS_NAME = "linearized.safetensors"
 FORMAT_VERSION = 1
 # what must agree between a checkpoint and the base model it is loaded onto
 _BASE_KEYS = ("model_type", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+# what load_linearized reads from the config
+_REQUIRED_KEYS = ("format_version", "base_model", *_BASE_KEYS, "attention", "feature_map", "window", "sink_tokens",
+                  "feature_map_kwargs")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _version() -> str:
@@ -78,6 +99,7 @@ def save_linearized(model: nn.Module, directory: str | os.PathLike, *, base_mode
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)  # of the bytes as written, checked on load
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
         os.chmod(tmp, 0o755)
         if target.exists():  # replace: move the old one aside first, so a failure leaves one complete copy
@@ -95,11 +117,55 @@ def save_linearized(model: nn.Module, directory: str | os.PathLike, *, base_mode
 
 
 def read_linearized_config(directory: str | os.PathLike) -> dict:
-    """The JSON config of a checkpoint written by :func:`save_linearized`."""
+    """The JSON config of a checkpoint written by :func:`save_linearized`.
+
+    Raises FileNotFoundError when it is missing, ValueError naming the file when it is not a JSON object
+    (e.g. truncated)."""
     path = Path(directory) / CONFIG_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; is {directory} a directory written by save_linearized?")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path} is not valid JSON ({_one_line(err)}); the checkpoint is corrupted or truncated: "
+            "re-save it with save_linearized or re-run lolcats-lab linearize"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an object; is it a lolcats checkpoint?")
+    return config
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """Refuse a config of another format version or without the keys load_linearized reads."""
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format_version {config.get('format_version')!r} is not {FORMAT_VERSION}")
+    missing = [k for k in _REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(
+            f"{path} lacks required keys {missing}; the checkpoint is damaged or incomplete: "
+            "re-save it with save_linearized or re-run lolcats-lab linearize"
+        )
+
+
+def _load_weights(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
+    """Read the weights file, first checking it against the config's sha256 (when the config has one)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the checkpoint is incomplete")
+    if sha256 is not None and _sha256(path) != sha256:
+        raise ValueError(
+            f"{path} is corrupted or truncated (sha256 mismatch with weights_sha256 in {CONFIG_NAME}); "
+            "re-save it with save_linearized or re-run lolcats-lab linearize"
+        )
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises SafetensorError and others for damaged files
+        raise ValueError(
+            f"{path} is unreadable ({_one_line(err)}); the file is corrupted or truncated: "
+            "re-save it with save_linearized or re-run lolcats-lab linearize"
+        ) from err
 
 
 def _base_description(model: nn.Module) -> dict:
@@ -141,13 +207,14 @@ def load_linearized(
         load_kwargs: passed to ``load_model`` when ``base`` is a name (e.g. ``dtype``).
 
     Returns the model (the tokenizer, when ``base`` was a name, is on ``model.lolcats_tokenizer``).
-    Raises ValueError naming every field where the checkpoint and the base model differ.
+    Raises ValueError naming every field where the checkpoint and the base model differ, and ValueError
+    naming the file when the checkpoint is damaged (config not JSON or missing keys; weights truncated,
+    unreadable or not matching ``weights_sha256``), before any base model is loaded.
     """
-    from safetensors.torch import load_file
-
     config = read_linearized_config(directory)
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint format_version {config.get('format_version')!r} is not {FORMAT_VERSION}")
+    _check_config(config, Path(directory) / CONFIG_NAME)
+    # verify and read the weights first: a damaged checkpoint fails fast, before a base model is loaded
+    state = _load_weights(Path(directory) / WEIGHTS_NAME, config.get("weights_sha256"))
     if base is None:
         base = config["base_model"]
     if isinstance(base, (str, os.PathLike)):
@@ -173,7 +240,6 @@ def load_linearized(
     )
     if config.get("lora"):
         _add_lora(model, config["lora"])
-    state = load_file(str(Path(directory) / WEIGHTS_NAME))
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(_added_state(model)) - set(state))

@@ -11,6 +11,10 @@ Embedded defaults come from PyPI packages, so they load offline:
 
 Models load with ``attn_implementation="eager"`` so attention maps can be read, in fp32 unless ``dtype``
 says otherwise.
+
+Code shipped with a model (the modules a config's ``auto_map`` names) never runs unless ``load_model`` is
+called with its ``trust_remote_code`` argument set to True: the flag is passed explicitly (False by default) to
+every ``from_pretrained`` call, so transformers neither runs such code nor prompts for consent on stdin.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ def load_model(
     device: str | torch.device | None = None,
     task: str = "auto",
     attn_implementation: str = "eager",
+    trust_remote_code: bool = False,
 ) -> tuple[nn.Module, object]:
     """Load a model and its tokenizer.
 
@@ -129,6 +134,10 @@ def load_model(
         task: ``"causal-lm"`` (``AutoModelForCausalLM``), ``"base"`` (``AutoModel``), or ``"auto"``
             (causal LM when the config's architectures name one, else the base model).
         attn_implementation: keep ``"eager"`` so attention maps can be read.
+        trust_remote_code: allow a model directory or hub repository to run its own Python code (the
+            modules its config's ``auto_map`` names). Default False: such a model fails to load with an
+            error that names ``trust_remote_code``, and transformers never prompts for it on stdin. Only
+            pass True for code you trust: it runs with your permissions.
 
     Returns:
         (model, tokenizer), the model in eval mode; tokenizer is None for a local directory without
@@ -136,6 +145,9 @@ def load_model(
         the name, or a local directory's absolute path (``save_linearized`` names the base model with it).
     """
     dtype = _check_dtype(dtype)
+    if not isinstance(trust_remote_code, bool):
+        raise ValueError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    remote = {"trust_remote_code": trust_remote_code}
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     name = os.fspath(name_or_path)
@@ -145,15 +157,16 @@ def load_model(
             src = _smollm2_cached_dir(name)
         else:
             src = embedded_model_dir(name)
-        model, tok = _from_pretrained(str(src), spec.task if task == "auto" else task, dtype, attn_implementation)
+        task = spec.task if task == "auto" else task
+        model, tok = _from_pretrained(str(src), task, dtype, attn_implementation, **remote)
     elif Path(name).is_dir():
         name = str(Path(name).resolve())
-        model, tok = _from_pretrained(name, task, dtype, attn_implementation)
+        model, tok = _from_pretrained(name, task, dtype, attn_implementation, **remote)
     elif Path(name).exists():
         raise ValueError(f"name_or_path {name!r} is a file; pass the directory that holds config.json")
     else:
         try:
-            model, tok = _from_pretrained(name, task, dtype, attn_implementation)
+            model, tok = _from_pretrained(name, task, dtype, attn_implementation, **remote)
         except OSError as e:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
             why = (
@@ -175,8 +188,11 @@ def load_model(
     return model, tok
 
 
-def _from_pretrained(src: str, task: str, dtype: torch.dtype, attn_implementation: str, **kwargs):
+def _from_pretrained(src: str, task: str, dtype: torch.dtype, attn_implementation: str, *,
+                     trust_remote_code: bool = False, **kwargs):
     from transformers import AutoConfig, AutoTokenizer
+
+    kwargs["trust_remote_code"] = trust_remote_code  # always explicit: None would make transformers prompt
 
     config = AutoConfig.from_pretrained(src, **kwargs)
     cls = _auto_class(task, config)
@@ -197,9 +213,10 @@ def _smollm2_cached_dir(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation="eager"
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation="eager",
+        trust_remote_code=False,
     )
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, trust_remote_code=False)
     write_converted_copy(model, tok, target)
     return target
 

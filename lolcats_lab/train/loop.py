@@ -7,11 +7,14 @@ only on the seed and the step, so a run resumed from a checkpoint sees exactly t
 uninterrupted run would have seen (and, on CPU with a fixed seed, ends with the same weights).
 
 Checkpoint = one safetensors file (written to a temp name, then renamed): the trained parameters, the
-AdamW moments, the torch RNG state, and JSON metadata (step, config, history). Nothing is pickled.
+AdamW moments, the torch RNG state, and JSON metadata (step, config, history, and ``sha256``: a digest of
+every tensor's name, dtype, shape and bytes in sorted key order, checked on resume so a damaged file is
+refused instead of silently resuming from altered weights). Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -108,6 +111,16 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict, path: Path) -
             os.unlink(tmp)
 
 
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and raw bytes, in sorted key order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # a buffer: no copy
+    return h.hexdigest()
+
+
 def save_train_state(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
                      step: int, cfg: LoopConfig, history: list[dict]) -> None:
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in params.items()}
@@ -115,12 +128,16 @@ def save_train_state(path: Path, params: dict[str, nn.Parameter], optimizer: tor
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"optim/{n}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
-    meta = {"step": step, "config": asdict(cfg), "history": history, "params": sorted(params)}
+    meta = {"step": step, "config": asdict(cfg), "history": history, "params": sorted(params),
+            "sha256": _tensors_sha256(tensors)}
     _atomic_save(tensors, meta, path)
 
 
 def load_train_state(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore parameters, AdamW state and RNG from ``path``; return (step, history)."""
+    """Restore parameters, AdamW state and RNG from ``path``; return (step, history).
+
+    Raises ValueError when the file is unreadable or its tensors do not match the stored sha256 (a
+    checkpoint written before the checksum existed is loaded without the check)."""
     from safetensors import safe_open
 
     try:
@@ -129,6 +146,11 @@ def load_train_state(path: Path, params: dict[str, nn.Parameter], optimizer: tor
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
         raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to start over") from err
+    if not isinstance(meta, dict) or not {"step", "history", "params"} <= set(meta):
+        raise ValueError(f"checkpoint {path} is unreadable (its metadata lacks step/history/params); "
+                         "delete it to start over")
+    if "sha256" in meta and meta["sha256"] != _tensors_sha256(tensors):
+        raise ValueError(f"checkpoint {path} is corrupted (checksum mismatch); delete it to start over")
     if meta["params"] != sorted(params):
         raise ValueError(
             f"checkpoint {path} trains parameters {meta['params'][:3]}... but this run trains "
