@@ -168,7 +168,7 @@ def cmd_explore(args) -> int:
     stats = head_statistics(model, ids, keep_maps=(layer,))
     a_soft, a_lin = stats["maps"][layer]
     head = int(mse[layer].argmax())
-    tokens = tok.convert_ids_to_tokens(ids[0].tolist())
+    tokens = [tok.decode([i]) for i in ids[0].tolist()]
     figs = [
         (f"Layer {layer}, head {head}: softmax vs linearized",
          attention_maps({"softmax": a_soft[head], "linearized": a_lin[head]}, tokens)),

@@ -94,10 +94,9 @@ def _prepare_out_dir(out: str) -> Path:
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    from .io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def check_memory_before_loading(s: LinearizeSettings, say) -> None:
@@ -227,5 +226,5 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
 
     maps = {label: (layer, head, stats_after["maps"][layer][0][head], stats_after["maps"][layer][1][head])
             for label, (layer, head) in (("worst", worst), ("best", best))}
-    write_run_report(out / "report.html", metrics, maps, tokens=tok.convert_ids_to_tokens(probe[0].tolist()))
+    write_run_report(out / "report.html", metrics, maps, tokens=[tok.decode([i]) for i in probe[0].tolist()])
     return metrics

@@ -168,21 +168,14 @@ def _take(data: PackedData, n_train: int | None, n_val: int | None, seq_len: int
 
 
 def _write_packed(path: Path, data: PackedData) -> None:
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from lolcats_lab.io import atomic_path
 
     tensors = {"train": data.train.contiguous(), "val": data.val.contiguous()}
     tensors.update({f"val_group/{k}": v.contiguous() for k, v in data.val_groups.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"info": json.dumps(data.info)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_packed(path: Path) -> PackedData | None:

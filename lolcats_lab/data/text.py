@@ -3,13 +3,12 @@ headers, cutting long texts at paragraph boundaries, and atomic file writes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lolcats_lab.io import atomic_write_text, sha256_file  # noqa: F401  (re-exported: data's public helpers)
 
 __all__ = [
     "DOC_CHARS",
@@ -114,25 +113,3 @@ def _greedy_join(parts: list[str], sep: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` through a temp file in the same folder and ``os.replace``: readers see
-    the old file or the new one, never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

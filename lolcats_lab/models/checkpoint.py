@@ -14,7 +14,6 @@ file and the problem.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import sha256_file
 from .convert import attention_modules, linearize, set_attention_mode
 
 __all__ = ["save_linearized", "load_linearized", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -36,14 +36,6 @@ _BASE_KEYS = ("model_type", "num_layers", "num_heads", "num_kv_heads", "head_dim
 # what load_linearized reads from the config
 _REQUIRED_KEYS = ("format_version", "base_model", *_BASE_KEYS, "attention", "feature_map", "window", "sink_tokens",
                   "feature_map_kwargs")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _one_line(err: BaseException) -> str:
@@ -99,7 +91,7 @@ def save_linearized(model: nn.Module, directory: str | os.PathLike, *, base_mode
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)  # of the bytes as written, checked on load
+        config["weights_sha256"] = sha256_file(tmp / WEIGHTS_NAME)  # of the bytes as written, checked on load
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
         os.chmod(tmp, 0o755)
         if target.exists():  # replace: move the old one aside first, so a failure leaves one complete copy
@@ -154,7 +146,7 @@ def _load_weights(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; the checkpoint is incomplete")
-    if sha256 is not None and _sha256(path) != sha256:
+    if sha256 is not None and sha256_file(path) != sha256:
         raise ValueError(
             f"{path} is corrupted or truncated (sha256 mismatch with weights_sha256 in {CONFIG_NAME}); "
             "re-save it with save_linearized or re-run lolcats-lab linearize"

@@ -18,13 +18,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from ..io import atomic_path
 
 CHECKPOINT_NAME = "train_state.safetensors"
 
@@ -100,15 +101,8 @@ def batch_indices(micro_step: int, batch_size: int, num_sequences: int, seed: in
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"lolcats": json.dumps(metadata)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

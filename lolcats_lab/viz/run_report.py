@@ -33,8 +33,8 @@ def run_figures(metrics: dict, maps: dict | None = None, tokens: list[str] | Non
     figs.append(("Per-head entropy: teacher vs linearized (after transfer)",
                  entropy_comparison(metrics["head_entropy_teacher"], metrics["head_entropy_after"])))
     for label, (layer, head, a_soft, a_lin) in (maps or {}).items():
-        fig = attention_maps({"softmax": a_soft, "linearized": a_lin}, tokens,
-                             title=f"{label} head after transfer: layer {layer}, head {head}")
+        fig = attention_maps({"softmax": a_soft, "linearized": a_lin}, tokens, log_scale=True,  # maps are spiky
+                             title=f"{label} head after transfer: layer {layer}, head {head} (log scale)")
         figs.append((f"Attention maps, {label} head (layer {layer}, head {head})", fig))
     samples = metrics.get("samples") or []
     if samples:
