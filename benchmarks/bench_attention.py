@@ -325,23 +325,12 @@ def main(argv=None):
 
 
 def plot(path: Path):
-    """fwd+bwd ms vs length per provider (log-log) as a plotly HTML next to the JSON."""
-    import plotly.graph_objects as go
+    """fwd+bwd ms vs length per provider (log-log) as a self-contained plotly HTML next to the JSON."""
+    from lolcats_lab.viz.bench import benchmark_figure
 
-    res = json.loads(Path(path).read_text())
-    fig = go.Figure()
-    for name in sorted({r["provider"] for r in res["rows"]}):
-        pts = sorted((r["T"], r["ms"]) for r in res["rows"] if r["provider"] == name and r["mode"] == "fwd+bwd" and r["ms"])
-        if pts:
-            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name))
-    env = res["env"]
-    fig.update_layout(
-        title=f"forward+backward, {res['shape']['dtype']}, B1 H32 D128 F128 — {env['device']}, torch {env['torch']}, "
-        f"triton {env['triton']}",
-        xaxis=dict(type="log", title="sequence length"), yaxis=dict(type="log", title="ms (median)"),
-    )  # fmt: skip
+    fig = benchmark_figure(json.loads(Path(path).read_text()))
     html = Path(path).with_suffix(".html")
-    fig.write_html(html, include_plotlyjs="cdn")
+    fig.write_html(html, include_plotlyjs=True)  # embedded: a CDN script renders blank offline
     print(f"wrote {html}")
     return 0
 

@@ -4,6 +4,7 @@ Figures return plain ``plotly.graph_objects.Figure`` objects: render them in Jup
 one offline HTML file with :func:`write_report`, or assert on their data in tests.
 """
 
+from .bench import benchmark_figure
 from .figures import (
     attention_maps,
     entropy_comparison,
@@ -35,6 +36,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "benchmark_figure",
     "AttentionExplorer",
     "ModelMaps",
     "TrainingMonitor",
