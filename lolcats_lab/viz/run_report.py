@@ -7,7 +7,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .figures import attention_maps, entropy_comparison, layer_mse_bars, mse_curves
+from .figures import attention_maps, entropy_comparison, layer_mse_bars, training_curves
 from .report import write_report
 
 
@@ -27,9 +27,10 @@ def run_figures(metrics: dict, maps: dict | None = None, tokens: list[str] | Non
         ("Perplexity on the validation split", _table(["model", "perplexity"], ppl_rows, "Perplexity (lower is better)")),
         ("Attention-output MSE per layer", layer_mse_bars(metrics["layer_mse_before"], metrics["layer_mse_after"])),
     ]
-    curve = metrics.get("transfer_layer_mse")
-    if curve:
-        figs.append(("Transfer MSE per layer over training", mse_curves(curve)))
+    curve, loss = metrics.get("transfer_layer_mse"), metrics.get("transfer_loss")
+    if curve and len(curve) == len(loss or curve):
+        figs.append(("Attention transfer: MSE per layer and the loss over training",
+                     training_curves(curve, loss, title="Attention transfer")))
     figs.append(("Per-head entropy: teacher vs linearized (after transfer)",
                  entropy_comparison(metrics["head_entropy_teacher"], metrics["head_entropy_after"])))
     for label, (layer, head, a_soft, a_lin) in (maps or {}).items():
