@@ -345,3 +345,42 @@ def passkey_by_mode(
         with attention_mode(model, mode):
             out[mode] = passkey_retrieval(model, tokenizer, context_lengths, **kwargs)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sentence embeddings (bidirectional encoders such as all-MiniLM-L6-v2)
+
+
+@torch.no_grad()
+def embedding_similarity(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    reference_mode: str = "softmax",
+    batch_size: int = 8,
+    max_length: int = 128,
+) -> torch.Tensor:
+    """Cosine similarity [N] between each text's mean-pooled last hidden state in the model's current attention
+    mode and in ``reference_mode`` (default: the softmax teacher). all-MiniLM-L6-v2 is trained for mean pooling,
+    so this is how close a linearized encoder's sentence embeddings stay to the original's."""
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("texts must be a non-empty list of non-empty strings")
+    _check_batch_size(batch_size)
+    from .train.transfer import backbone
+
+    def embed() -> torch.Tensor:
+        out = []
+        with _eval_mode(model):
+            for start in range(0, len(texts), batch_size):
+                enc = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                                max_length=max_length, return_tensors="pt").to(_device(model))
+                hidden = backbone(model)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                mask = enc["attention_mask"][..., None].to(hidden.dtype)  # [B, T, 1]
+                out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1))  # [B, hidden]
+        return torch.cat(out).float()
+
+    current = embed()
+    with attention_mode(model, reference_mode):
+        reference = embed()
+    return torch.nn.functional.cosine_similarity(current, reference, dim=-1)

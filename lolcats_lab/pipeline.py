@@ -123,15 +123,10 @@ def check_memory_before_loading(s: LinearizeSettings, say) -> None:
         say(est.table().replace("\n", "\n           "))
 
 
-@torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations (deterministic), one per prompt."""
-    outs = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-        gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        outs.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return outs
+def _completions(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
+    from .evaluate import generate_samples
+
+    return [g.completion for g in generate_samples(model, tok, prompts, max_new_tokens=max_new_tokens)]
 
 
 def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict:
@@ -161,7 +156,7 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
 
     say("[3/6] evaluating the teacher (softmax attention)")
     teacher_ppl = perplexity(model, val_ids, batch_size=s.batch_size)
-    teacher_samples = generate_samples(model, tok, s.samples, s.sample_tokens)
+    teacher_samples = _completions(model, tok, s.samples, s.sample_tokens)
     linearize(model, attention=s.attention, feature_map=s.feature_map, window=s.window, feature_dim=s.feature_dim,
               sink_tokens=s.sink_tokens)
     probe = val_ids[: min(4, len(val_ids))]
@@ -195,7 +190,7 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     l_result = finetune_lora(model, train_ids, lcfg, checkpoint_dir=out / "lora_state", resume=s.resume, callback=callback)
     set_attention_mode(model, "linear")
     ppl_lora = perplexity(model, val_ids, batch_size=s.batch_size)
-    student_samples = generate_samples(model, tok, s.samples, s.sample_tokens)
+    student_samples = _completions(model, tok, s.samples, s.sample_tokens)
 
     say("[6/6] saving checkpoint, metrics.json and report.html")
     save_linearized(model, out / "checkpoint")

@@ -29,7 +29,7 @@ import torch
 
 from lolcats_lab import finetune_lora, linearize, load_model, perplexity, transfer
 from lolcats_lab.data import prepare_data
-from lolcats_lab.pipeline import generate_samples
+from lolcats_lab.evaluate import generate_samples
 from lolcats_lab.train import LoraSettings, TransferConfig
 from lolcats_lab.viz import training_curves
 
@@ -66,7 +66,7 @@ model, tok = load_model("smollm2-135m", device=device)
 data = prepare_data("default", tok, SEQ_LEN, train_sequences=TRAIN_SEQS, val_sequences=VAL_SEQS, progress=False)
 prompt = tok.decode(data.val[0, : 2 * WINDOW + 8])  # held-out, 2w + 8 tokens
 ppl = {"teacher (softmax)": perplexity(model, data.val)}
-samples = {"teacher (softmax)": generate_samples(model, tok, [prompt], NEW_TOKENS)[0]}
+samples = {"teacher (softmax)": generate_samples(model, tok, [prompt], max_new_tokens=NEW_TOKENS)[0].completion}
 ppl
 
 # %% [markdown]
@@ -79,10 +79,10 @@ ppl
 # NBVAL_IGNORE_OUTPUT
 linearize(model, attention="hybrid-tk", window=WINDOW, feature_dim=FEATURE_DIM)
 ppl["linearized"] = perplexity(model, data.val)
-samples["linearized"] = generate_samples(model, tok, [prompt], NEW_TOKENS)[0]
+samples["linearized"] = generate_samples(model, tok, [prompt], max_new_tokens=NEW_TOKENS)[0].completion
 transfer_run = transfer(model, data.train, TransferConfig(steps=TRANSFER_STEPS, batch_size=BATCH, lr=TRANSFER_LR, progress=False))
 ppl["after transfer"] = perplexity(model, data.val)
-samples["after transfer"] = generate_samples(model, tok, [prompt], NEW_TOKENS)[0]
+samples["after transfer"] = generate_samples(model, tok, [prompt], max_new_tokens=NEW_TOKENS)[0].completion
 ppl
 
 # %%
@@ -112,7 +112,7 @@ n_lora, expected
 
 # %%
 ppl["after LoRA"] = perplexity(model, data.val)
-samples["after LoRA"] = generate_samples(model, tok, [prompt], NEW_TOKENS)[0]
+samples["after LoRA"] = generate_samples(model, tok, [prompt], max_new_tokens=NEW_TOKENS)[0].completion
 assert ppl["after LoRA"] < ppl["after transfer"], ppl
 fig = training_curves(None, [h["loss"] for h in lora_run.history], title="LoRA: next-token loss (linearized attention)")
 fig.show()

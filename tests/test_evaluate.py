@@ -375,3 +375,36 @@ def test_harness_runs_the_local_task(tok, tmp_path):  # pragma: no cover - needs
     out = lm_eval.simple_evaluate(model=LolcatsLM(StubLM(induction), tok), tasks=["lolcats_tiny_mc"],
                                   task_manager=TaskManager(include_path=str(tmp_path)))
     assert out["results"]["lolcats_tiny_mc"]["acc,none"] == 1.0
+
+
+def _tiny_bert_with_tokenizer():
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from lolcats_lab.models import load_model
+
+    _, tok = load_model("minilm")  # the embedded MiniLM's real tokenizer; the model here is tiny and random
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, attn_implementation="eager")
+    return BertModel(cfg).eval(), tok
+
+
+@pytest.mark.embedded
+def test_embedding_similarity_is_one_in_softmax_mode_and_drops_when_linearized():
+    from lolcats_lab.evaluate import embedding_similarity
+    from lolcats_lab.models import linearize, set_attention_mode
+
+    model, tok = _tiny_bert_with_tokenizer()
+    linearize(model, attention="hybrid-sw", window=2, feature_dim=8)
+    texts = ["the cat sat on the mat", "a much longer sentence about attention, windows and features", "hi"]
+    set_attention_mode(model, "softmax")
+    torch.testing.assert_close(embedding_similarity(model, tok, texts), torch.ones(3), rtol=0, atol=1e-6)
+    set_attention_mode(model, "linear")
+    sim = embedding_similarity(model, tok, texts)
+    assert sim.shape == (3,) and (sim < 1 - 1e-6).any() and (sim > -1).all()
+    assert model.lolcats_config["attention"] == "hybrid-sw"
+    from lolcats_lab.models.convert import attention_modules
+
+    assert attention_modules(model)[0].mode == "linear"  # the reference pass restored the mode
+    with pytest.raises(ValueError, match="texts must be a non-empty list"):
+        embedding_similarity(model, tok, [])
