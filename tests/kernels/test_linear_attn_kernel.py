@@ -6,7 +6,6 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_IN
 large shapes are gpu-only (the interpreter's bf16 loads are wrong).
 """
 
-import math
 
 import pytest
 import torch
@@ -33,17 +32,8 @@ def case_id(c):
     return "B{}-H{}-T{}-F{}-D{}".format(*c)
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fill torch.empty / empty_like / new_empty with NaN so that a value the kernel forgot to write shows up."""
-    real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(x):
-        return x.fill_(math.nan) if x.is_floating_point() else x.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: poison(real_new(self, *a, **kw)))
+# every test here runs with uninitialised memory poisoned (tests/kernels/conftest.py)
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 def run_with_grads(fn, inputs, do):
