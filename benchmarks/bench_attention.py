@@ -141,6 +141,30 @@ def check(name, make, fn, ref):
     return ok, errs
 
 
+def work(name, T, mode):
+    """(FLOPs, bytes) a provider must at least do for one call: matmul FLOPs of the algorithm as written
+    (causal SDPA: 2 B H T^2 D forward; chunked linear: per chunk of 64 the intra-chunk scores and outputs
+    plus the state update and read, 4 T (64 F + 64 D / 2 + 2 F D) forward; hybrid adds a 2-tile window)
+    and the bytes of the bf16 inputs and outputs (gradients too for fwd+bwd). Backward counted as 2.5x
+    forward FLOPs (SDPA) or 2x (the rest). Used for achieved TFLOP/s and GB/s, which are therefore lower
+    bounds of the hardware's work."""
+    f = 256 if name.endswith("f128") else F
+    if name.startswith("sdpa"):
+        flops = 2 * B * H * T * T * D
+    else:
+        bt = 64
+        flops = 2 * B * H * T * (bt * f + bt * D + 2 * f * D)
+        if "hybrid" in name:
+            flops += 2 * B * H * T * (2 * bt) * 2 * D  # window scores and outputs over two tiles
+        if "hedgehog" in name:
+            flops += 2 * 2 * B * H * T * D * (f // 2)  # the feature projections of q and k
+    io = B * H * T * (4 * D + (2 * f if name.startswith(("triton_linear", "fla_chunk", "triton_hybrid")) else 0)) * 2
+    if mode == "fwd+bwd":
+        flops *= 3.5 if name.startswith("sdpa") else 3
+        io *= 2
+    return flops, io
+
+
 def time_provider(make, fn, T, mode):
     """Median ms of fwd or fwd+bwd and peak memory (MiB above the inputs)."""
     from triton.testing import do_bench
@@ -236,6 +260,36 @@ def bench_decode(results, contexts):
     )  # fmt: skip
 
 
+def tune(lengths):
+    """Time our kernels' fwd+bwd over tile sizes and segment plans (programs per SM); print and return rows."""
+    import lolcats_lab.kernels.segments as seg
+    from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
+
+    P = make_providers()
+    rows = []
+    for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_f64", triton_hedgehog_linear_attn),
+                     ("triton_hybrid_tk", None)):  # fmt: skip
+        make = P[name][0]
+        for T in lengths:
+            for chunk in (32, 64):
+                for per_sm in (4, 8, 16):
+                    seg._PROGRAMS_PER_SM = per_sm
+                    if op is None:
+                        def fn(*x, c=chunk):
+                            return triton_hybrid_attn(*x, window=WINDOW, kind="tk", chunk_size=c)
+                    else:
+                        def fn(*x, c=chunk, op=op):
+                            return op(*x, chunk_size=c)
+                    try:
+                        ms, peak = time_provider(make, fn, T, "fwd+bwd")
+                    except Exception as err:
+                        ms, peak = None, f"{type(err).__name__}: {err}"[:200]
+                    rows.append(dict(provider=name, T=T, chunk=chunk, programs_per_sm=per_sm, ms=ms, peak=peak))
+                    print(f"tune {name:<20} T={T:>6} chunk={chunk} per_sm={per_sm} " + (f"{ms:8.3f} ms" if ms else str(peak)))
+    seg._PROGRAMS_PER_SM = 8
+    return rows
+
+
 def measured_bandwidth():
     """Device-to-device copy bandwidth (bytes read + written per second), 1 GiB, median of do_bench."""
     from triton.testing import do_bench
@@ -267,6 +321,7 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, nargs="*", help="sequence lengths (default: 1k .. 64k)")
     ap.add_argument("--providers", nargs="*", help="subset of providers")
     ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="sweep our kernels' tile size and segment plan, then exit")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>-<date>.json)")
     ap.add_argument("--plot", type=Path, help="write a plotly HTML figure for this results JSON and exit")
     args = ap.parse_args(argv)
@@ -278,6 +333,11 @@ def main(argv=None):
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
     env = environment()
     print(json.dumps(env))
+    if args.tune:
+        rows = tune(lengths)
+        if args.out:
+            args.out.write_text(json.dumps(dict(env=env, tune=rows), indent=1))
+        return 0
     providers = make_providers()
     if args.providers:
         providers = {k: v for k, v in providers.items() if k in args.providers}
@@ -303,7 +363,9 @@ def main(argv=None):
             for mode in ("fwd", "fwd+bwd"):
                 try:
                     ms, peak = time_provider(make, fn, T, mode)
-                    row = dict(provider=name, T=T, mode=mode, ms=ms, tokens_per_s=B * T / (ms * 1e-3), peak_MiB=peak)
+                    flops, io = work(name, T, mode)
+                    row = dict(provider=name, T=T, mode=mode, ms=ms, tokens_per_s=B * T / (ms * 1e-3), peak_MiB=peak,
+                               TFLOPs=flops / (ms * 1e-3) / 1e12, GBps=io / (ms * 1e-3) / 1e9)  # fmt: skip
                 except torch.cuda.OutOfMemoryError:
                     row = dict(provider=name, T=T, mode=mode, ms=None, error="out of memory")
                 except Exception as err:  # a compile or launch failure: record it, keep the other rows

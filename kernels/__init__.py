@@ -23,31 +23,31 @@ def _require_triton():
         ) from err
 
 
-def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=64):
+def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=64, segment_chunks=None):
     """Causal linear attention on features fq, fk [B, H, T, F], v [B, H, T, D] -> [B, H, T, D]."""
     _require_triton()
     from .linear_attn import linear_attn
 
-    return linear_attn(fq, fk, v, eps=eps, chunk_size=chunk_size)
+    return linear_attn(fq, fk, v, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks)
 
 
-def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=64):
+def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=64, segment_chunks=None):
     """Causal linear attention with the Hedgehog map fused: q, k [B, H, T, K], wq, wk [H, K, f]."""
     _require_triton()
     from .linear_attn import hedgehog_linear_attn
 
-    return hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size)
+    return hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks)
 
 
 def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink_tokens=0, scale=None,
-                       eps=1e-12, chunk_size=64):  # fmt: skip
+                       eps=1e-12, chunk_size=64, segment_chunks=None):  # fmt: skip
     """Causal LoLCATs hybrid attention (SPEC.md), exactly ``naive_hybrid_attn`` for window >= 1."""
     _require_triton()
     from .hybrid_attn import hybrid_attn
 
     return hybrid_attn(
         q, k, v, fq, fk, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, segment_chunks=segment_chunks,
     )  # fmt: skip
 
 

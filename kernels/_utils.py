@@ -31,9 +31,11 @@ def block(n: int, minimum: int = 16) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: exact fp32 ("ieee") for fp32 inputs; TF32 for fp16/bf16 inputs, whose values
-    TF32 represents exactly (10-bit mantissa); products of fp32 intermediates are rounded to TF32 (~5e-4)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """tl.dot input precision for dots with fp32 operands: TF32 on the GPU (the tensor cores; exact fp32
+    "ieee" dots compile to scalar FMA loops, which at head dim 128 compiled for minutes on an H100), exact
+    fp32 in the CPU interpreter (tests compare with fp32 references). fp16/bf16 inputs take half-precision
+    operands for most dots (the kernels' LOWP), where this setting does not apply."""
+    return "ieee" if (dtype == torch.float32 and is_interpreter()) else "tf32"
 
 
 def check_device(name: str, x: torch.Tensor) -> None:

@@ -29,9 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tl_helpers import load_rows as _rows
 from ._utils import block, check_same_dtype_device, check_tensor, is_interpreter
-
-
 
 @triton.jit
 def _vec(p, N: tl.constexpr, BN: tl.constexpr):
@@ -39,10 +38,6 @@ def _vec(p, N: tl.constexpr, BN: tl.constexpr):
     return tl.load(p + o, mask=o < N, other=0.0).to(tl.float32)
 
 
-@triton.jit
-def _rows(p, o_r, m_r, X: tl.constexpr, BX: tl.constexpr):
-    o_x = tl.arange(0, BX)
-    return tl.load(p + o_r[:, None] * X + o_x[None, :], mask=m_r[:, None] & (o_x < X)[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["p", "W", "NS"])

@@ -15,7 +15,9 @@ Reference: ``lolcats_lab.attention.hybrid.naive_hybrid_attn`` (causal, no key ma
 Shapes: q [B, H, T, K]; k [B, KH, T, K]; v [B, VH, T, D] (KH, VH divide H: grouped-query heads are read
 in place, not repeated); fq, fk [B, H, T, F]; window_logit [H] -> y [B, H, T, D].
 
-Forward: one program per (batch, head) walks query tiles of BT tokens. For a tile starting at c0 every key
+Forward: one program per (batch, head, segment) walks the segment's query tiles of BT tokens, starting
+from the linear state of the keys that turned linear before the segment (segments.py: per-segment sums
+of the keys [L0(c_s), L0(c_s+1)) in parallel, then a prefix sum). For a tile starting at c0 every key
 j < L0(c0) is linear for all its queries (sw: L0 = c0 - w + 1; tk: L0 = (c0 // w - 1) w); those keys are
 summed in a running state S = sum fk v^T [F, D], z = sum fk [F] (sinks excluded). The keys in
 [L0, c0 + BT) (plus sinks below L0) are visited tile by tile with element masks: window keys with an
@@ -23,10 +25,9 @@ online maximum (the running max ends at exactly M_i, so the window sums come out
 SPEC requires, while the linear sums are kept apart and never rescaled), linear keys as masked
 fq fk^T. Work O(T (w + BT)), memory O(T) beyond the inputs.
 
-Precision: scores, exponentials, sums and states are fp32. Dot operands are fp32 (exact for fp32 inputs,
-TF32 for fp16/bf16 inputs) unless the inputs are fp16/bf16 and a tile exceeds 128 x 128 (K, F or D
-above 128); then they are cast to the input's half type ("LOWP"), since fp32 operands would exceed the
-H100's 227 KB of shared memory.
+Precision: scores, exponentials, sums and states are fp32. Dot operands are exact fp32 for fp32 inputs;
+for fp16/bf16 inputs they are cast to the input's half type ("LOWP", as FlashAttention does with its
+probabilities): twice the TF32 tensor-core rate and half the shared memory.
 
 Backward, with den_i the denominator, dn_i = dy_i / den_i, dd_i = -dn_i . y_i, g_ij = dn_i . v_j + dd_i:
     window:  e_ij = gamma exp(s_ij - M_i);  ds_ij = e_ij g_ij + dM_i [j = argmax_i];  dv_j += e_ij dn_i
@@ -51,36 +52,22 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tl_helpers import dot as _dot
+from ._tl_helpers import head_offsets, load_state
+from ._tl_helpers import load_rows as _rows
+from ._tl_helpers import store_rows as _store
 from ._utils import autotune_configs, block, check_chunk_size, check_same_dtype_device, check_tensor, dot_precision
+from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_states, suffix_sum
 
 HYBRID_EPS = 1e-12
 
 _CONFIGS = autotune_configs(  # two candidates: every extra one costs a compile per shape and dtype
+    triton.Config({}, num_warps=4, num_stages=2),
     triton.Config({}, num_warps=8, num_stages=1),
-    triton.Config({}, num_warps=4, num_stages=1),
 )
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@triton.jit
-def _rows(p, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
-    """Rows o_t of a contiguous [T, X] matrix as an fp32 [len(o_t), BX] tile, zero where masked."""
-    o_x = tl.arange(0, BX)
-    return tl.load(p + o_t[:, None] * X + o_x[None, :], mask=m_t[:, None] & (o_x < X)[None, :], other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _store(p, b_x, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
-    o_x = tl.arange(0, BX)
-    tl.store(p + o_t[:, None] * X + o_x[None, :], b_x.to(p.dtype.element_ty), mask=m_t[:, None] & (o_x < X)[None, :])
-
-
-@triton.jit
-def _dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b with both operands cast to DT (fp32 accumulation)."""
-    return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
-
-
 @triton.jit
 def _masks(o_i, o_j, T, W, NS, TK: tl.constexpr):
     """(in_window, in_linear) [len(o_i), len(o_j)] for absolute query / key positions (SPEC.md)."""
@@ -101,6 +88,16 @@ def _linear_start(c0, W, TK: tl.constexpr):
     else:
         L0 = c0 - W + 1
     return tl.maximum(L0, 0)
+
+
+@triton.jit
+def _reverse_start(c0, T, W, BT: tl.constexpr, TK: tl.constexpr):
+    """Q1: every query i >= Q1 sees the whole key tile [c0, c0 + BT) as linear keys (sinks aside)."""
+    if TK:
+        Q1 = ((c0 + BT - 1) // W + 2) * W
+    else:
+        Q1 = c0 + BT - 1 + W
+    return tl.minimum(Q1, T)
 
 
 @triton.jit
@@ -181,16 +178,15 @@ def _advance_state(fk, v, b_S, b_z, lo, hi, NS, F: tl.constexpr, V: tl.constexpr
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
 @triton.jit(do_not_specialize=["T", "W", "NS"])
 def hybrid_attn_fwd_kernel(
-    q, k, v, fq, fk, gam, o, T, W, NS, scale, eps,
+    q, k, v, fq, fk, gam, s0, z0, o, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H,). Writes y [B, H, T, D]."""
-    i_bh = tl.program_id(0)
-    i_bh64 = i_bh.to(tl.int64)
-    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
-    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
+    that turned linear before the segment. Writes y [B, H, T, D]."""
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
     q += i_bh64 * T * K
     k += i_bk * T * K
@@ -199,10 +195,11 @@ def hybrid_attn_fwd_kernel(
     v += i_bv * T * V
     o += i_bh64 * T * V
     gamma = tl.load(gam + i_bh % H)
-    b_S = tl.zeros([BF, BV], dtype=tl.float32)
-    b_z = tl.zeros([BF], dtype=tl.float32)
-    L_done = T * 0  # keys < L_done are in the state (an int32 scalar, like L0)
-    for i_t in range(tl.cdiv(T, BT)):
+    i_seg = i_bh64 * NSEG + i_s
+    b_S = load_state(s0 + i_seg * BF * BV, BF, BV, 0, BV)  # keys [sinks, L0(segment start)) as linear
+    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))
+    L_done = _linear_start(i_s * CPS * BT, W, TK)  # keys < L_done are in the state (an int32 scalar)
+    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
         c0 = i_t * BT
         o_i = c0 + tl.arange(0, BT)
         m_i = o_i < T
@@ -220,16 +217,15 @@ def hybrid_attn_fwd_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
 @triton.jit(do_not_specialize=["T", "W", "NS"])
 def hybrid_attn_bwd_dq_kernel(
-    q, k, v, fq, fk, do, gam, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps,
+    q, k, v, fq, fk, do, gam, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H,). Forward scan: recompute each query tile, then dq, dfq; writes den, dd, M, argmax, dM."""
-    i_bh = tl.program_id(0)
-    i_bh64 = i_bh.to(tl.int64)
-    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
-    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    """Grid (NSEG, B*H). Forward scan of a segment: recompute each query tile, then dq, dfq; writes den, dd,
+    M, argmax, dM."""
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
     q += i_bh64 * T * K
     dq += i_bh64 * T * K
@@ -245,10 +241,11 @@ def hybrid_attn_bwd_dq_kernel(
     amax += i_bh64 * T
     dm += i_bh64 * T
     gamma = tl.load(gam + i_bh % H)
-    b_S = tl.zeros([BF, BV], dtype=tl.float32)
-    b_z = tl.zeros([BF], dtype=tl.float32)
-    L_done = T * 0
-    for i_t in range(tl.cdiv(T, BT)):
+    i_seg = i_bh64 * NSEG + i_s
+    b_S = load_state(s0 + i_seg * BF * BV, BF, BV, 0, BV)  # keys [sinks, L0(segment start)) as linear
+    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))
+    L_done = _linear_start(i_s * CPS * BT, W, TK)
+    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
         c0 = i_t * BT
         o_i = c0 + tl.arange(0, BT)
         m_i = o_i < T
@@ -290,7 +287,7 @@ def hybrid_attn_bwd_dq_kernel(
             m_l = m_l & m_j[None, :]
             b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
             b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
-            b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]  # [BT, BT]
+            b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation  # [BT, BT]
             b_dq += _dot(b_e * b_g, b_k, DT, PREC)
             b_hit = tl.where(m_w & (o_j[None, :] == b_idx[:, None]), 1.0, 0.0)
             b_kmax += _dot(b_hit, b_k, DT, PREC)
@@ -309,16 +306,15 @@ def hybrid_attn_bwd_dq_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
 @triton.jit(do_not_specialize=["T", "W", "NS"])
 def hybrid_attn_bwd_dkv_kernel(
-    q, k, v, fq, fk, do, gam, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale,
+    q, k, v, fq, fk, do, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H,). Reverse scan over key tiles: dk, dfk, dv."""
-    i_bh = tl.program_id(0)
-    i_bh64 = i_bh.to(tl.int64)
-    i_bk = ((i_bh // H) * (H // GK) + (i_bh % H) // GK).to(tl.int64)  # key head (grouped-query: GK per key head)
-    i_bv = ((i_bh // H) * (H // GV) + (i_bh % H) // GV).to(tl.int64)  # value head
+    """Grid (NSEG, B*H). Reverse scan over one segment's key tiles: dk, dfk, dv. (p0, r0): the reverse state
+    of the queries >= Q1 of the segment's last tile (see _reverse_start)."""
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
     q += i_bh64 * T * K
     k += i_bk * T * K
@@ -335,20 +331,17 @@ def hybrid_attn_bwd_dkv_kernel(
     amax += i_bh64 * T
     dm += i_bh64 * T
     gamma = tl.load(gam + i_bh % H)
-    b_P = tl.zeros([BF, BV], dtype=tl.float32)  # sum_i fq_i dn_i^T over queries >= Q_done
-    b_r = tl.zeros([BF], dtype=tl.float32)  # sum_i dd_i fq_i
-    Q_done = T
-    NT = tl.cdiv(T, BT)
-    for i_r in range(NT):
-        c0 = (NT - 1 - i_r) * BT
+    i_seg = i_bh64 * NSEG + i_s
+    b_P = load_state(p0 + i_seg * BF * BV, BF, BV, 0, BV)  # sum_i fq_i dn_i^T over queries >= Q_done
+    b_r = tl.load(r0 + i_seg * BF + tl.arange(0, BF))  # sum_i dd_i fq_i
+    t_lo = i_s * CPS
+    t_hi = tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))
+    Q_done = _reverse_start((t_hi - 1) * BT, T, W, BT, TK)
+    for i_r in range(t_hi - t_lo):
+        c0 = (t_hi - 1 - i_r) * BT
         o_j = c0 + tl.arange(0, BT)
         m_j = o_j < T
-        # queries >= Q1 see every key of this tile as linear
-        if TK:
-            Q1 = ((c0 + BT - 1) // W + 2) * W
-        else:
-            Q1 = c0 + BT - 1 + W
-        Q1 = tl.minimum(Q1, T)
+        Q1 = _reverse_start(c0, T, W, BT, TK)  # queries >= Q1 see every key of this tile as linear
         for i0 in range(Q1, Q_done, BT):
             o_a = i0 + tl.arange(0, BT)
             m_a = o_a < Q_done
@@ -385,7 +378,7 @@ def hybrid_attn_bwd_dkv_kernel(
             b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT_i, BT_j]
             b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
             b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)
-            b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]
+            b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation
             b_ds = b_e * b_g + tl.where(m_w & (o_j[None, :] == b_idx[:, None]), b_dm[:, None], 0.0)
             b_dk += _dot(tl.trans(b_ds), b_q, DT, PREC)
             b_dfk += _dot(tl.trans(tl.where(m_l, b_g, 0.0)), b_fq, DT, PREC)
@@ -402,25 +395,81 @@ def _meta(q, k, fq, v, kind, chunk_size):
     return dict(
         H=H, GK=H // k.shape[1], GV=H // v.shape[1], K=K, F=F, V=V,
         BT=chunk_size, BK=block(K), BF=block(F), BV=block(V), TK=kind == "tk", PREC=dot_precision(q.dtype),
-        LOWP=q.dtype != torch.float32 and max(block(K), block(F)) * block(V) > 128 * 128,
+        LOWP=q.dtype != torch.float32,
     )  # fmt: skip
 
 
-def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64):
-    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D]."""
+def _linear_start_host(c0: int, window: int, tk: bool) -> int:
+    """_linear_start on the host: keys below it are linear for every query >= c0."""
+    return max((c0 // window - 1) * window if tk else c0 - window + 1, 0)
+
+
+def _reverse_start_host(c0: int, T: int, window: int, bt: int, tk: bool) -> int:
+    """_reverse_start on the host: queries from it on see the whole key tile at c0 as linear."""
+    return min(((c0 + bt - 1) // window + 2) * window if tk else c0 + bt - 1 + window, T)
+
+
+def _plan(q, T, chunk_size, segment_chunks):
+    return plan_segments(T, chunk_size, q.shape[0] * q.shape[1], q.device, segment_chunks)
+
+
+def _forward_bounds(T, window, kind, sink_tokens, chunk_size, cps, n_seg, device):
+    """Segment s adds the keys [L0(c_s), L0(c_{s+1})) to the state (sinks never), c_s its first query."""
+    tk, seg = kind == "tk", cps * chunk_size
+    starts = [min(_linear_start_host(s * seg, window, tk), T) for s in range(n_seg + 1)]
+    return bounds_tensor([(max(starts[s], sink_tokens), starts[s + 1]) for s in range(n_seg)], device)
+
+
+def _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, device):
+    """Segment s's dk/dv scan starts from the queries >= A_s = Q1(its last key tile); the reverse state sums
+    queries [A_s, A_{s+1}) per segment, and an inclusive suffix sum gives each segment its start."""
+    tk, n_chunks = kind == "tk", -(-T // chunk_size)
+    a = [_reverse_start_host((min((s + 1) * cps, n_chunks) - 1) * chunk_size, T, window, chunk_size, tk)
+         for s in range(n_seg)] + [T]  # fmt: skip
+    return bounds_tensor([(a[s], a[s + 1]) for s in range(n_seg)], device)
+
+
+def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, cps, n_seg, meta):
+    """(s0, z0): fp32 [B*H, NSEG, BF, BV] / [B*H, NSEG, BF], each segment's starting linear state."""
+    T = q.shape[2]
+    bounds = _forward_bounds(T, window, kind, sink_tokens, chunk_size, cps, n_seg, q.device)
+    S, z = segment_states(
+        fk, None, v, bounds, H=meta["H"], GX=1, GY=meta["GV"], FH=0, BT=chunk_size, BK=meta["BF"],
+        BF=meta["BF"], BV=meta["BV"], prec=meta["PREC"], lowp=meta["LOWP"],
+    )  # fmt: skip
+    return exclusive_prefix(S), exclusive_prefix(z)
+
+
+def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64,
+                    segment_chunks=None):  # fmt: skip
+    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D] and the segment
+    start states (s0, z0, cps) for the backward."""
     B, H, T, _ = q.shape
+    meta = _meta(q, k, fq, v, kind, chunk_size)
+    cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
+    s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
+                             chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
     o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
-    hybrid_attn_fwd_kernel[(B * H,)](
-        q, k, v, fq, fk, gamma, o, T, window, sink_tokens, scale, eps, **_meta(q, k, fq, v, kind, chunk_size)
+    hybrid_attn_fwd_kernel[(n_seg, B * H)](
+        q, k, v, fq, fk, gamma, s0, z0, o, T, window, sink_tokens, scale, eps, n_seg, CPS=cps, **meta
     )
-    return o
+    return o, (s0, z0, cps)
 
 
-def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64):
-    """Launch both backward kernels. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
+def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
+                    chunk_size=64, states=None, segment_chunks=None):  # fmt: skip
+    """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
+    (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
     B, H, T, _ = q.shape
     meta = _meta(q, k, fq, v, kind, chunk_size)
     GK, GV = meta["GK"], meta["GV"]
+    if states is None:
+        cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
+        s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
+                                 chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
+    else:
+        s0, z0, cps = states
+    n_seg = s0.shape[1]
     stats = q.new_empty(4, B, H, T, dtype=torch.float32)  # den, dd, M, dM
     den, dd, mx, dm = stats.unbind(0)
     amax = q.new_empty(B, H, T, dtype=torch.int32)
@@ -428,12 +477,20 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
     dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
-    hybrid_attn_bwd_dq_kernel[(B * H,)](
-        q, k, v, fq, fk, do, gamma, dq, dfq, den, dd, mx, amax, dm, T, window, sink_tokens, scale, eps, **meta
-    )
-    hybrid_attn_bwd_dkv_kernel[(B * H,)](
-        q, k, v, fq, fk, do, gamma, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale, **meta
-    )
+    hybrid_attn_bwd_dq_kernel[(n_seg, B * H)](
+        q, k, v, fq, fk, do, gamma, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, window, sink_tokens, scale, eps,
+        n_seg, CPS=cps, **meta,
+    )  # fmt: skip
+    bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
+    P, r = segment_states(
+        fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
+        prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd,
+    )  # fmt: skip
+    p0, r0 = suffix_sum(P, inclusive=True), suffix_sum(r, inclusive=True)
+    hybrid_attn_bwd_dkv_kernel[(n_seg, B * H)](
+        q, k, v, fq, fk, do, gamma, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale,
+        n_seg, CPS=cps, **meta,
+    )  # fmt: skip
     if GK > 1:
         dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
     if GV > 1:
@@ -444,31 +501,36 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
 
 
 class HybridAttnFunction(torch.autograd.Function):
-    """Autograd wrapper; saves the inputs only (the backward recomputes the forward per tile)."""
+    """Autograd wrapper; saves the inputs and the segment start states (the backward recomputes the forward
+    per tile)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size):
+    def forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size,
+                segment_chunks):  # fmt: skip
         gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
-        o = hybrid_attn_fwd(
+        o, (s0, z0, cps) = hybrid_attn_fwd(
             q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, segment_chunks=segment_chunks,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, fq, fk, gamma)
+        ctx.save_for_backward(q, k, v, fq, fk, gamma, s0, z0)
+        ctx.cps = cps
         ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
         ctx.logit_dtype = window_logit.dtype
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, fq, fk, gamma = ctx.saved_tensors
-        dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do.contiguous(), **ctx.cfg)
-        return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None
+        q, k, v, fq, fk, gamma, s0, z0 = ctx.saved_tensors
+        dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
+            q, k, v, fq, fk, gamma, do.contiguous(), states=(s0, z0, ctx.cps), **ctx.cfg
+        )
+        return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------- public op
 def hybrid_attn(
     q, k, v, fq, fk, window_logit, *, window: int, kind: str = "tk", sink_tokens: int = 0,
-    scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 64,
+    scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 64, segment_chunks: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Causal LoLCATs hybrid attention (Triton), exactly ``naive_hybrid_attn`` (SPEC.md), differentiable
     w.r.t. q, k, v, fq, fk and window_logit.
@@ -479,6 +541,7 @@ def hybrid_attn(
         fq, fk: [B, H, T, F] feature-mapped q and k (per query head, as after HF's repeat_kv). window_logit: [H], gamma = sigmoid(window_logit).
         window: w >= 1 (for w = 0 use the linear kernel). kind: "tk" or "sw". sink_tokens: n >= 0.
         scale: score scale, default K ** -0.5. chunk_size: query/key tile (power of two >= 16).
+        segment_chunks: query tiles per sequence segment (segments.py); None fills the GPU.
     Returns: y [B, H, T, D] in v's dtype. Memory O(B H T) beyond inputs and outputs.
     """
     check_tensor("q", q, 4, "[B, H, T, K]")
@@ -515,8 +578,11 @@ def hybrid_attn(
     if not (isinstance(eps, float) and eps >= 0.0):
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     check_chunk_size(chunk_size)
+    if segment_chunks is not None and (isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int)
+                                       or segment_chunks < 1):
+        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HybridAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,
-        window, kind, sink_tokens, scale, eps, chunk_size,
+        window, kind, sink_tokens, scale, eps, chunk_size, segment_chunks,
     )  # fmt: skip

@@ -35,5 +35,9 @@ def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind, causal, s
 
 
 def triton_supported(x: torch.Tensor, *, causal: bool, key_mask) -> bool:
-    """Whether impl="auto" should take the Triton kernels: CUDA tensors, causal, no key mask."""
-    return x.is_cuda and causal and key_mask is None
+    """Whether impl="auto" should take the Triton kernels: fp16/bf16 CUDA tensors, causal, no key mask.
+
+    fp32 stays on the PyTorch chunked form under "auto": the kernels' fp32 path (TF32 dots, fp32 tiles
+    twice the size) was never timed, and at head dim 128 it compiled for minutes on an H100 with exact
+    fp32 dots (2026-11-23). impl="triton" still runs it on request."""
+    return x.is_cuda and causal and key_mask is None and x.dtype in (torch.float16, torch.bfloat16)

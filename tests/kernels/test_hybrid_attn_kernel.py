@@ -96,6 +96,23 @@ def test_hybrid_matches_naive_fp16(kind):
     check_all(y_ref, g_ref, y, g, torch.float16)
 
 
+@pytest.mark.parametrize(
+    "kind,window,sinks,segment_chunks",
+    [("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1), ("sw", 37, 3, 1)],
+)
+def test_hybrid_segments_match_naive(kind, window, sinks, segment_chunks):
+    """The sequence cut into segments (each starting from a prefix-summed linear state, the dk/dv scan from
+    a suffix-summed reverse state) equals the reference: 150 tokens in 10 tiles of 16; windows shorter and
+    longer than a tile and than a segment; sinks reaching past the first segment."""
+    xs, do = make_inputs(2, 2, 150, 12, 10, 9, torch.float32, q_scale=3.0, seed=3)
+    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
+    y_ref, g_ref = run_with_grads(lambda *x: naive_hybrid_attn(*x, **cfg), xs, do)
+    y, g = run_with_grads(
+        lambda *x: triton_hybrid_attn(*x, chunk_size=16, segment_chunks=segment_chunks, **cfg), xs, do
+    )
+    check_all(y_ref, g_ref, y, g, torch.float32)
+
+
 def test_hybrid_half_operands_for_large_tiles():
     """F = 200 (a 256-wide feature tile): fp16 inputs take the half-operand path (LOWP) the GPU needs."""
     xs, do = make_inputs(1, 1, 65, 12, 200, 80, torch.float16, q_scale=3.0)

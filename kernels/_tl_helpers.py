@@ -1,0 +1,123 @@
+"""Triton device helpers shared by the kernels: tile loads and stores, dots, the fused Hedgehog map, head
+offsets. Only ``@triton.jit`` functions live here (no launches); see _utils.py for host-side helpers.
+
+Hedgehog layout inside the kernels: phi(x) = clamp(concat(softmax(x W), softmax(-x W)), min=1e-12) over
+the f features (SPEC.md "Hedgehog feature map"; F = 2f) is computed with its two halves interleaved
+(pos_0, neg_0, pos_1, ...) rather than concatenated: only dot products over F are taken, so the order is
+irrelevant as long as queries and keys share it. The projection is loaded widened,
+W2 = (w_0, -w_0, w_1, -w_1, ...), so x W2 gives (z, -z) interleaved in one tl.dot and each softmax is a
+reduction over one column parity (no reshapes, which Triton's GPU layouts reject for dot results).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+PHI_MIN = tl.constexpr(1e-12)  # the Hedgehog clamp (SPEC.md); constexpr so kernels may read it
+
+
+@triton.jit
+def head_offsets(i_bh, H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr):
+    """(query head, key head, value head) row indices in int64 for program i_bh = b * H + h.
+
+    Grouped-query inputs are read in place: query head h uses key head h // GK and value head h // GV
+    (GK = H / KH, GV = H / VH), as after HF's repeat_kv."""
+    i_bk = (i_bh // H) * (H // GK) + (i_bh % H) // GK
+    i_bv = (i_bh // H) * (H // GV) + (i_bh % H) // GV
+    return i_bh.to(tl.int64), i_bk.to(tl.int64), i_bv.to(tl.int64)
+
+
+@triton.jit
+def load_rows(p, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
+    """Rows o_t of a contiguous [T, X] matrix as an fp32 [len(o_t), BX] tile, zero outside (m_t, X)."""
+    o_x = tl.arange(0, BX)
+    b_x = tl.load(p + o_t[:, None] * X + o_x[None, :], mask=m_t[:, None] & (o_x < X)[None, :], other=0.0)
+    return b_x.to(tl.float32)
+
+
+@triton.jit
+def store_rows(p, b_x, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
+    """Write the [len(o_t), BX] tile b_x to rows o_t of a contiguous [T, X] matrix (cast to its dtype)."""
+    o_x = tl.arange(0, BX)
+    tl.store(p + o_t[:, None] * X + o_x[None, :], b_x.to(p.dtype.element_ty), mask=m_t[:, None] & (o_x < X)[None, :])
+
+
+@triton.jit
+def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with both operands cast to DT (fp32 accumulation)."""
+    return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
+
+
+@triton.jit
+def load_state(p, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
+    """Columns [v0, v0 + BV) of a padded fp32 state [BF, BVS] (written by segment_state_kernel)."""
+    o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
+    return tl.load(p + o_f[:, None] * BVS + v0 + o_v[None, :])
+
+
+@triton.jit
+def load_w2(p, K: tl.constexpr, FH: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, DT):
+    """One head's projection W [K, f] widened to W2 = [w_0, -w_0, w_1, -w_1, ...] as a [BK, BF] tile of
+    dtype DT, so that x W2 = (z_0, -z_0, z_1, -z_1, ...) with z = x W.
+
+    DT is fp32 for fp32 inputs and the inputs' half type otherwise: the projection dots then run on the
+    half-precision tensor cores and their operands take half the shared memory (W rounded to 8 or 11
+    significant bits; z, the softmaxes and every sum stay fp32)."""
+    o_k, o_c = tl.arange(0, BK), tl.arange(0, BF)
+    sign = tl.where(o_c % 2 == 0, 1.0, -1.0)
+    m_c = (o_c // 2) < FH
+    b_w = tl.load(p + o_k[:, None] * FH + (o_c // 2)[None, :], mask=(o_k < K)[:, None] & m_c[None, :], other=0.0)
+    return (b_w.to(tl.float32) * sign[None, :]).to(DT)  # [BK, BF]
+
+
+@triton.jit
+def load_w2t(p, K: tl.constexpr, FH: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, DT):
+    """W2 transposed, [BF, BK] (see load_w2); loaded directly rather than through tl.trans."""
+    o_k, o_c = tl.arange(0, BK), tl.arange(0, BF)
+    sign = tl.where(o_c % 2 == 0, 1.0, -1.0)
+    m_c = (o_c // 2) < FH
+    b_w = tl.load(p + o_k[None, :] * FH + (o_c // 2)[:, None], mask=m_c[:, None] & (o_k < K)[None, :], other=0.0)
+    return (b_w.to(tl.float32) * sign[:, None]).to(DT)  # [BF, BK]
+
+
+@triton.jit
+def hedgehog_fwd(b_x, b_w2, m_t, FH: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):
+    """phi(x) for a tile: b_x [BT, BK], b_w2 [BK, BF] (see load_w2) -> (phi [BT, BF], softmaxes [BT, BF]).
+
+    Even columns hold softmax(z), odd columns softmax(-z), each normalised over its own parity. The
+    softmaxes are also returned unclamped for the backward. Rows beyond T (m_t False) and padded
+    features get phi = 0, so they add nothing to any sum.
+    """
+    b_z = tl.dot(b_x.to(b_w2.dtype), b_w2, input_precision=PREC)  # [BT, BF] = (z_0, -z_0, z_1, -z_1, ...)
+    o_c = tl.arange(0, BF)
+    m_even = (o_c % 2 == 0)[None, :]
+    m_c = ((o_c // 2) < FH)[None, :]
+    b_zm = tl.where(m_c, b_z, float("-inf"))
+    mx_e = tl.max(tl.where(m_even, b_zm, float("-inf")), 1)
+    mx_o = tl.max(tl.where(m_even, float("-inf"), b_zm), 1)
+    b_e = tl.exp(b_zm - tl.where(m_even, mx_e[:, None], mx_o[:, None]))  # 0 on padded features
+    s_e = tl.sum(tl.where(m_even, b_e, 0.0), 1)
+    s_o = tl.sum(tl.where(m_even, 0.0, b_e), 1)
+    b_p = b_e / tl.where(m_even, s_e[:, None], s_o[:, None])  # [BT, BF]
+    b_phi = tl.where(m_c & m_t[:, None], tl.maximum(b_p, PHI_MIN), 0.0)
+    return b_phi, b_p
+
+
+@triton.jit
+def hedgehog_bwd(b_x, b_w2t, b_dphi, b_p, BF: tl.constexpr, PREC: tl.constexpr):
+    """Back through phi: d phi [BT, BF] -> (dx [BT, BK], dW2 [BK, BF]) for this tile; b_w2t is W2^T [BF, BK].
+
+    The clamp passes gradient where softmax >= 1e-12; softmax backward per parity is p (g - sum(g p)).
+    W = W2[:, 0::2] = -W2[:, 1::2], so dW = dW2[:, 0::2] - dW2[:, 1::2] (reduced by the launcher).
+    """
+    m_even = (tl.arange(0, BF) % 2 == 0)[None, :]
+    b_g = tl.where(b_p >= PHI_MIN, b_dphi, 0.0)
+    b_h = b_g * b_p
+    s_e = tl.sum(tl.where(m_even, b_h, 0.0), 1)
+    s_o = tl.sum(tl.where(m_even, 0.0, b_h), 1)
+    b_dz = b_p * (b_g - tl.where(m_even, s_e[:, None], s_o[:, None]))  # d/d(x W2)   [BT, BF]
+    b_dzl = b_dz.to(b_w2t.dtype)  # the projection's dtype: fp32, or the input's half type (see load_w2)
+    b_dx = tl.dot(b_dzl, b_w2t, input_precision=PREC)  # [BT, BK]
+    b_dw = tl.dot(tl.trans(b_x.to(b_w2t.dtype)), b_dzl, input_precision=PREC)  # [BK, BF]
+    return b_dx, b_dw

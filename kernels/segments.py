@@ -1,0 +1,144 @@
+"""Sequence parallelism for the chunked kernels: split T into segments, sum each segment's state, scan.
+
+A chunked linear-attention kernel keeps a running state S = sum_j phi(k_j) v_j^T [F, D] (and z = sum_j
+phi(k_j) [F]) while it walks the sequence chunk by chunk. Walked by one program per (batch, head), a 64k
+sequence is a chain of 1,024 dependent chunk steps on 32 of an H100's 132 multiprocessors. Here the walk
+is cut into NSEG segments of CPS chunks each, run as separate programs, two levels deep:
+
+    1. segment_state_kernel, grid (NSEG, B*H): each program sums its segment's keys into (S_s, z_s)
+       independently; no program waits for another;
+    2. PyTorch: an exclusive prefix sum over segments (forward) or suffix sum (backward) gives every
+       segment the state it starts from, [B*H, NSEG, BF, BV] fp32;
+    3. the attention kernels, grid (..., NSEG, B*H), start each segment from that state.
+
+The key range a segment's state covers is set by the caller as explicit bounds [lo_s, hi_s) per segment
+(``bounds`` [NSEG, 2] int32): the linear kernels use the segment's own tokens, the hybrid kernels the keys
+that pass from window to linear while the segment's queries are processed (SPEC.md's L_i), and the
+backward kernels ranges of queries. Ranges must tile a prefix (forward) or suffix (backward) of the
+sequence in order, so the scan of the per-segment sums is the state at each segment's start.
+
+Reverse mode (backward): sums phi(q_i) (dy_i / den_i)^T and dd_i phi(q_i) instead, the reverse states of
+the backward (see linear_attn.py), with den, dd [B, H, T] fp32 from the dq kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_w2
+from ._utils import autotune_configs
+
+_CONFIGS = autotune_configs(
+    triton.Config({}, num_warps=4, num_stages=2),
+    triton.Config({}, num_warps=8, num_stages=2),
+)
+
+# programs per multiprocessor the auto plan aims for (several resident per SM hide load latency)
+_PROGRAMS_PER_SM = 8
+
+
+@triton.autotune(configs=_CONFIGS, key=["K", "V", "FH", "BT", "BF", "BV", "HEDGEHOG", "REVERSE", "LOWP", "GX", "GY"])
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def segment_state_kernel(
+    x, w, y, den, dd, bounds, s_out, z_out, T, NSEG,
+    H: tl.constexpr, GX: tl.constexpr, GY: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HEDGEHOG: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+):  # fmt: skip
+    """Grid (NSEG, B*H). x [B, H/GX, T, K] (features, or raw with the Hedgehog projection w [H, K, FH]);
+    y [B, H/GY, T, V]. Writes S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF]
+    (fp32, padded), with y' = y, c = 1 forward and y' = y / den, c = dd in reverse."""
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    i_bx = ((i_bh // H) * (H // GX) + (i_bh % H) // GX).to(tl.int64)
+    i_by = ((i_bh // H) * (H // GY) + (i_bh % H) // GY).to(tl.int64)
+    DT = x.dtype.element_ty if LOWP else tl.float32
+    x += i_bx * T * K
+    y += i_by * T * V
+    lo = tl.load(bounds + 2 * i_s)
+    hi = tl.load(bounds + 2 * i_s + 1)
+    if HEDGEHOG:
+        b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, DT)  # [BK, BF]
+    b_S = tl.zeros([BF, BV], dtype=tl.float32)
+    b_z = tl.zeros([BF], dtype=tl.float32)
+    for j0 in range(lo, hi, BT):
+        o_j = j0 + tl.arange(0, BT)
+        m_j = o_j < hi
+        b_x = load_rows(x, o_j, m_j, K, BK)  # [BT, BK]
+        if HEDGEHOG:
+            b_f, _ = hedgehog_fwd(b_x, b_w, m_j, FH, BF, PREC)  # [BT, BF]
+            b_f = b_f.to(DT).to(tl.float32)  # as the attention kernels round it (linear_attn._features)
+        else:
+            b_f = b_x
+        b_y = load_rows(y, o_j, m_j, V, BV)  # [BT, BV]
+        if REVERSE:
+            b_y = b_y / tl.load(den + i_bh64 * T + o_j, mask=m_j, other=1.0)[:, None]
+            b_z += tl.sum(tl.load(dd + i_bh64 * T + o_j, mask=m_j, other=0.0)[:, None] * b_f, 0)
+        else:
+            b_z += tl.sum(b_f, 0)
+        b_S += dot(tl.trans(b_f), b_y, DT, PREC)
+    o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
+    base = i_bh64 * NSEG + i_s
+    tl.store(s_out + base * BF * BV + o_f[:, None] * BV + o_v[None, :], b_S)
+    tl.store(z_out + base * BF + o_f, b_z)
+
+
+# ----------------------------------------------------------------------------------------------- host side
+def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segment_chunks: int | None = None):
+    """(chunks per segment, number of segments) for a sequence of T tokens and n_bh = B * H programs.
+
+    Auto (segment_chunks None): enough segments that n_bh * NSEG fills the GPU ``_PROGRAMS_PER_SM`` times
+    over; as few as that allows, since each segment boundary costs a state of [F, D] fp32. A short sequence
+    or a large batch gets one segment: the original single-scan form."""
+    n_chunks = max(1, math.ceil(T / chunk_size))
+    if segment_chunks is None:
+        if device.type == "cuda":
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            sms = 4  # the CPU interpreter: a few segments, so tests exercise the multi-segment path
+        n_seg = min(n_chunks, max(1, math.ceil(_PROGRAMS_PER_SM * sms / max(n_bh, 1))))
+        segment_chunks = math.ceil(n_chunks / n_seg)
+    if isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int) or segment_chunks < 1:
+        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")
+    return segment_chunks, math.ceil(n_chunks / segment_chunks)
+
+
+def bounds_tensor(pairs, device) -> torch.Tensor:
+    """[(lo, hi), ...] -> [NSEG, 2] int32 with hi >= lo (empty ranges allowed)."""
+    flat = [(int(lo), int(max(hi, lo))) for lo, hi in pairs]
+    return torch.tensor(flat, dtype=torch.int32, device=device)
+
+
+def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None):
+    """Launch segment_state_kernel: per-segment sums (S [B*H, NSEG, BF, BV], z [B*H, NSEG, BF]) fp32."""
+    B, T = x.shape[0], x.shape[2]
+    n_seg = bounds.shape[0]
+    S = x.new_empty(B * H, n_seg, BF, BV, dtype=torch.float32)
+    z = x.new_empty(B * H, n_seg, BF, dtype=torch.float32)
+    reverse = den is not None
+    segment_state_kernel[(n_seg, B * H)](
+        x, x if w is None else w, y, den if reverse else S, dd if reverse else S, bounds, S, z, T, n_seg,
+        H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
+        HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
+    )  # fmt: skip
+    return S, z
+
+
+def exclusive_prefix(t: torch.Tensor) -> torch.Tensor:
+    """out[:, s] = sum_{s' < s} t[:, s'] over dim 1 (the state a segment starts from, forward)."""
+    out = torch.zeros_like(t)
+    if t.shape[1] > 1:
+        torch.cumsum(t[:, :-1], dim=1, out=out[:, 1:])
+    return out
+
+
+def suffix_sum(t: torch.Tensor, *, inclusive: bool) -> torch.Tensor:
+    """out[:, s] = sum_{s' > s} (or >= s when inclusive) t[:, s'] over dim 1 (reverse states, backward)."""
+    rev = torch.flip(t, dims=[1])
+    if inclusive:
+        return torch.flip(torch.cumsum(rev, dim=1), dims=[1])
+    return torch.flip(exclusive_prefix(rev), dims=[1])
