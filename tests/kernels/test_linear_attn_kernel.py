@@ -36,6 +36,12 @@ def case_id(c):
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
+def phi(x, w):
+    """Hedgehog map written out (SPEC.md): x [B, H, T, K], w [H, K, f] -> [B, H, T, 2f]."""
+    z = torch.einsum("bhtd,hdf->bhtf", x, w)
+    return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
+
+
 def run_with_grads(fn, inputs, do):
     """y = fn(*inputs); returns (y, grads of every input) for the upstream gradient do."""
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
@@ -181,10 +187,6 @@ def test_hedgehog_fused_grouped_query_heads():
     inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
 
     def reference(q, k, v, wq, wk):
-        def phi(x, w):
-            z = torch.einsum("bhtd,hdf->bhtf", x, w)
-            return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
-
         return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(2, 1))
 
     y_ref, g_ref = run_with_grads(reference, inputs, do.to(DEVICE))
@@ -218,10 +220,6 @@ def test_segments_match_naive(segment_chunks):
     inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
 
     def reference(q, k, v, wq, wk):
-        def phi(x, w):
-            z = torch.einsum("bhtd,hdf->bhtf", x, w)
-            return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
-
         return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(4, 1))
 
     def fused(q, k, v, wq, wk):
@@ -326,10 +324,6 @@ def test_gpu_hedgehog_fused_large(dtype):
     wq, wk = (0.1 * torch.randn(H, K, f, generator=g)).to(DEVICE), (0.1 * torch.randn(H, K, f, generator=g)).to(DEVICE)
 
     def reference(q, k, v, wq, wk):
-        def phi(x, w):
-            z = torch.einsum("bhtd,hdf->bhtf", x, w)
-            return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
-
         return naive_linear_attn(phi(q, wq), phi(k, wk), v)
 
     y_ref, g_ref = run_with_grads(reference, [x.float() for x in (q, k, v, wq, wk)], do.float())
