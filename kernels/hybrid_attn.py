@@ -48,6 +48,8 @@ ties; with continuous inputs ties have probability zero, and both are valid subg
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -413,6 +415,7 @@ def _plan(q, T, chunk_size, segment_chunks):
     return plan_segments(T, chunk_size, q.shape[0] * q.shape[1], q.device, segment_chunks)
 
 
+@functools.lru_cache(maxsize=256)  # a host-to-device copy waits for the stream: build once per shape
 def _forward_bounds(T, window, kind, sink_tokens, chunk_size, cps, n_seg, device):
     """Segment s adds the keys [L0(c_s), L0(c_{s+1})) to the state (sinks never), c_s its first query."""
     tk, seg = kind == "tk", cps * chunk_size
@@ -420,6 +423,7 @@ def _forward_bounds(T, window, kind, sink_tokens, chunk_size, cps, n_seg, device
     return bounds_tensor([(max(starts[s], sink_tokens), starts[s + 1]) for s in range(n_seg)], device)
 
 
+@functools.lru_cache(maxsize=256)  # a host-to-device copy waits for the stream: build once per shape
 def _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, device):
     """Segment s's dk/dv scan starts from the queries >= A_s = Q1(its last key tile); the reverse state sums
     queries [A_s, A_{s+1}) per segment, and an inclusive suffix sum gives each segment its start."""

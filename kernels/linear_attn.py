@@ -47,6 +47,8 @@ dq / dk and per-(batch, head) partial dW that are summed over the batch in PyTor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -307,6 +309,7 @@ def _lowp(q, wq, sz) -> bool:
     return q.dtype != torch.float32
 
 
+@functools.lru_cache(maxsize=256)  # a host-to-device copy waits for the stream: build once per shape
 def _segment_bounds(T, chunk_size, cps, n_seg, device):
     """Segment s covers tokens [s CPS BT, (s + 1) CPS BT) (the linear kernels' own tokens)."""
     seg = cps * chunk_size

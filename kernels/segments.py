@@ -108,7 +108,9 @@ def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segm
 
 
 def bounds_tensor(pairs, device) -> torch.Tensor:
-    """[(lo, hi), ...] -> [NSEG, 2] int32 with hi >= lo (empty ranges allowed)."""
+    """[(lo, hi), ...] -> [NSEG, 2] int32 with hi >= lo (empty ranges allowed). Callers cache the result per
+    shape (functools.lru_cache): copying from the host to a CUDA device waits for the work queued before it,
+    which would serialise Python's launch overhead with the GPU's work on every call."""
     flat = [(int(lo), int(max(hi, lo))) for lo, hi in pairs]
     return torch.tensor(flat, dtype=torch.int32, device=device)
 
