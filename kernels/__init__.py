@@ -23,7 +23,7 @@ def _require_triton():
         ) from err
 
 
-def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=64, segment_chunks=None):
+def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=32, segment_chunks=None):
     """Causal linear attention on features fq, fk [B, H, T, F], v [B, H, T, D] -> [B, H, T, D]."""
     _require_triton()
     from .linear_attn import linear_attn
@@ -31,7 +31,7 @@ def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=64, segment_chunks=No
     return linear_attn(fq, fk, v, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks)
 
 
-def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=64, segment_chunks=None):
+def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=32, segment_chunks=None):
     """Causal linear attention with the Hedgehog map fused: q, k [B, H, T, K], wq, wk [H, K, f]."""
     _require_triton()
     from .linear_attn import hedgehog_linear_attn
@@ -40,7 +40,7 @@ def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=64, se
 
 
 def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink_tokens=0, scale=None,
-                       eps=1e-12, chunk_size=64, segment_chunks=None):  # fmt: skip
+                       eps=1e-12, chunk_size=32, segment_chunks=None):  # fmt: skip
     """Causal LoLCATs hybrid attention (SPEC.md), exactly ``naive_hybrid_attn`` for window >= 1."""
     _require_triton()
     from .hybrid_attn import hybrid_attn

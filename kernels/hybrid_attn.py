@@ -63,9 +63,13 @@ from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_st
 
 HYBRID_EPS = 1e-12
 
-_CONFIGS = autotune_configs(  # two candidates: every extra one costs a compile per shape and dtype
+# Two candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
+# (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
+# (linear) and 0.04-2.4 KB (hybrid) per kernel, against 2.4-4.3 KB and up to 6.3 KB with 4 warps at 64-token
+# tiles; hence also the default chunk_size of 32 (benchmarks/README.md, "Register spills").
+_CONFIGS = autotune_configs(
+    triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
-    triton.Config({}, num_warps=8, num_stages=1),
 )
 
 
@@ -267,7 +271,6 @@ def hybrid_attn_bwd_dq_kernel(
         b_dm = -tl.sum(b_dn * (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]), 1) / b_den
         # second pass over the same keys: gradients
         b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-        b_kmax = tl.zeros([BT, BK], dtype=tl.float32)  # k at the argmax of each row
         b_dfq = tl.zeros([BT, BF], dtype=tl.float32)
         n_sink = tl.minimum(NS, L0)
         kend = tl.minimum(c0 + BT, T)
@@ -291,9 +294,8 @@ def hybrid_attn_bwd_dq_kernel(
             b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
             b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation  # [BT, BT]
             b_dq += _dot(b_e * b_g, b_k, DT, PREC)
-            b_hit = tl.where(m_w & (o_j[None, :] == b_idx[:, None]), 1.0, 0.0)
-            b_kmax += _dot(b_hit, b_k, DT, PREC)
             b_dfq += _dot(tl.where(m_l, b_g, 0.0), b_fk, DT, PREC)
+        b_kmax = _rows(k, b_idx, m_i & (b_idx >= 0), K, BK)  # [BT, BK]: k at each row's argmax (gathered)
         b_dq = (b_dq + b_dm[:, None] * b_kmax) * scale
         b_dfq += _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :]
         _store(dq, b_dq, o_i, m_i, K, BK)
@@ -444,7 +446,7 @@ def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, c
     return exclusive_prefix(S), exclusive_prefix(z)
 
 
-def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=64,
+def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
                     segment_chunks=None):  # fmt: skip
     """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D] and the segment
     start states (s0, z0, cps) for the backward."""
@@ -461,7 +463,7 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
 
 
 def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
-                    chunk_size=64, states=None, segment_chunks=None):  # fmt: skip
+                    chunk_size=32, states=None, segment_chunks=None):  # fmt: skip
     """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
     (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
     B, H, T, _ = q.shape
@@ -534,7 +536,7 @@ class HybridAttnFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------- public op
 def hybrid_attn(
     q, k, v, fq, fk, window_logit, *, window: int, kind: str = "tk", sink_tokens: int = 0,
-    scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 64, segment_chunks: int | None = None,
+    scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 32, segment_chunks: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Causal LoLCATs hybrid attention (Triton), exactly ``naive_hybrid_attn`` (SPEC.md), differentiable
     w.r.t. q, k, v, fq, fk and window_logit.

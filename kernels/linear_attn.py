@@ -76,9 +76,13 @@ from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_st
 
 LINEAR_EPS = 1e-12
 
-_CONFIGS = autotune_configs(  # two candidates: every extra one costs a compile per shape and dtype
+# Two candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
+# (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
+# (linear) and 0.04-2.4 KB (hybrid) per kernel, against 2.4-4.3 KB and up to 6.3 KB with 4 warps at 64-token
+# tiles; hence also the default chunk_size of 32 (benchmarks/README.md, "Register spills").
+_CONFIGS = autotune_configs(
+    triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
-    triton.Config({}, num_warps=8, num_stages=1),
 )
 _KEY = ["K", "V", "FH", "BT", "BV", "HEDGEHOG", "LOWP", "GK", "GV"]
 
@@ -322,7 +326,7 @@ def _state_args(q, wq, sz):
                 prec=dot_precision(q.dtype), lowp=_lowp(q, wq, sz))  # fmt: skip
 
 
-def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=64, block_v=None,
+def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
                     segment_chunks=None):  # fmt: skip
     """Launch the forward. q [B, H, T, K], k [B, KH, T, K] (features, or raw with wq/wk [H, K, f]);
     v [B, VH, T, D] -> (y [B, H, T, D], (s0, z0) the fp32 state each segment starts from, for the backward)."""
@@ -347,7 +351,7 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=64,
     return o, (s0, z0, cps)
 
 
-def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=64, states=None,
+def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, states=None,
                     segment_chunks=None):  # fmt: skip
     """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
     (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dwq, dwk); dwq, dwk are None when unfused."""
@@ -448,7 +452,7 @@ def _check_common(v, eps, chunk_size, segment_chunks, **qk):
 
 
 def linear_attn(
-    fq, fk, v, *, eps: float = LINEAR_EPS, chunk_size: int = 64, segment_chunks: int | None = None
+    fq, fk, v, *, eps: float = LINEAR_EPS, chunk_size: int = 32, segment_chunks: int | None = None
 ) -> torch.Tensor:
     """Causal linear attention on precomputed features (Triton). Differentiable w.r.t. fq, fk, v.
 
@@ -469,12 +473,14 @@ def linear_attn(
 
 
 def hedgehog_linear_attn(
-    q, k, v, wq, wk, *, eps: float = LINEAR_EPS, chunk_size: int = 64, segment_chunks: int | None = None
+    q, k, v, wq, wk, *, eps: float = LINEAR_EPS, chunk_size: int = 32, segment_chunks: int | None = None
 ) -> torch.Tensor:
     """Causal linear attention with the Hedgehog feature map fused in (Triton). Differentiable w.r.t. all inputs.
 
     Equals ``naive_linear_attn(phi_q(q), phi_k(k), v)`` with phi(x) = clamp(concat(softmax(x W_h),
-    softmax(-x W_h)), min=1e-12) (SPEC.md), without writing phi(q), phi(k) to memory.
+    softmax(-x W_h)), min=1e-12) (SPEC.md), without writing phi(q), phi(k) to memory when the map is small
+    enough to fuse (:func:`fused_hedgehog_fits`: f <= 64 at head dim <= 128); otherwise phi is computed in
+    PyTorch and the unfused kernel runs (the fused backward would exceed an H100's shared memory).
 
     Args:
         q: [B, H, T, K], k: [B, KH, T, K] raw queries and keys (after RoPE); v: [B, VH, T, D]; KH and VH
@@ -494,7 +500,26 @@ def hedgehog_linear_attn(
             raise ValueError(f"{name} is on {w.device} but q is on {q.device}; move them to one device")
     if wq.shape != wk.shape:
         raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
+    if not fused_hedgehog_fits(K, wq.shape[-1]):
+        # the fused kernels' backward holds three [K, 2f] projection tiles plus the [2f, D] state as dot
+        # operands: at K = 128, f = 128 that is 280-320 KB of shared memory (compiled for sm_90), above
+        # the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
+        fq = _hedgehog_torch(q, wq).to(v.dtype)  # [B, H, T, 2f]
+        fk = _hedgehog_torch(k.repeat_interleave(H // k.shape[1], dim=1), wk).to(v.dtype)
+        return LinearAttnFunction.apply(fq, fk, v.contiguous(), None, None, eps, chunk_size, segment_chunks)
     return LinearAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
         segment_chunks,
     )
+
+
+def fused_hedgehog_fits(head_dim: int, feature_dim: int) -> bool:
+    """Whether :func:`hedgehog_linear_attn` runs fused: the [K, 2f] projection tile at most 128 x 128
+    (f <= 64 at K <= 128); larger maps take the PyTorch map and the unfused kernel."""
+    return block(head_dim) <= 128 and 2 * block(feature_dim) <= 128
+
+
+def _hedgehog_torch(x, w):
+    """phi(x) in PyTorch, fp32 (SPEC.md): x [B, H, T, K], w [H, K, f] -> [B, H, T, 2f]."""
+    z = torch.einsum("bhtk,hkf->bhtf", x.float(), w.float())
+    return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1).clamp(min=1e-12)

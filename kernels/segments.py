@@ -33,8 +33,8 @@ from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_w2
 from ._utils import autotune_configs
 
 _CONFIGS = autotune_configs(
-    triton.Config({}, num_warps=4, num_stages=2),
     triton.Config({}, num_warps=8, num_stages=2),
+    triton.Config({}, num_warps=4, num_stages=2),
 )
 
 # programs per multiprocessor the auto plan aims for (several resident per SM hide load latency)

@@ -196,6 +196,30 @@ def test_hedgehog_fused_grouped_query_heads():
         check_close(name, a, b, ratio=1e-4, atol=1e-5)
 
 
+def test_hedgehog_large_map_takes_the_unfused_kernel():
+    """f = 80 (2f padded to 256, past what the fused backward fits in shared memory) with grouped-query keys:
+    phi in PyTorch + the unfused kernel, still equal to the reference with every gradient, weights included."""
+    from lolcats_lab.kernels.linear_attn import fused_hedgehog_fits
+
+    assert fused_hedgehog_fits(128, 64) and not fused_hedgehog_fits(128, 80) and not fused_hedgehog_fits(256, 32)
+    torch.manual_seed(0)
+    H, K, f, D, T = 2, 12, 80, 10, 40
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(1, H, T, K, generator=g), torch.randn(1, 1, T, K, generator=g), torch.randn(1, 1, T, D, generator=g)
+    wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
+    do = torch.randn(1, H, T, D, generator=g).to(DEVICE)
+    inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
+
+    def reference(q, k, v, wq, wk):
+        return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(2, 1))
+
+    y_ref, g_ref = run_with_grads(reference, inputs, do)
+    y, g_out = run_with_grads(triton_hedgehog_linear_attn, inputs, do)
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
+        check_close(name, a, b, ratio=1e-4, atol=1e-5)
+
+
 def test_hedgehog_fused_negative_control():
     """Swapping the two projections changes the output: the test sees which map went where."""
     torch.manual_seed(0)

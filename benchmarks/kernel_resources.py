@@ -1,0 +1,131 @@
+"""Shared memory, registers and register spills of every Triton kernel, compiled for an H100 without one.
+
+Triton compiles for a named target without a GPU (``triton.compile`` with ``GPUTarget("cuda", 90, 64)``)
+and the ptxas it ships reports registers and spill stores (``ptxas -v``). That is enough to see, on a CPU
+machine, whether a kernel fits the H100's 227 KB of shared memory and how much it spills: the two things
+that decided tile sizes and warp counts here (see benchmarks/README.md). It does not time anything.
+
+    python benchmarks/kernel_resources.py                    # bf16, K = D = 128, tiles 32 and 64
+    python benchmarks/kernel_resources.py --chunks 32 --out resources.json
+
+Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256), the segment
+state kernel; each with the autotune candidates (num_warps, num_stages) in the kernel modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+H100_SMEM = 232448  # bytes per block (227 KB)
+
+
+def _jit_function(kernel):
+    import triton
+
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn  # unwrap @triton.autotune
+    return kernel
+
+
+def compile_resources(kernel, types: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+    """Compile ``kernel`` for sm_90 and return shared memory (bytes), registers and spill stores (bytes)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    fn = _jit_function(kernel)
+    names = fn.arg_names
+    signature = {n: ("constexpr" if n in constexprs else types[n]) for n in names}
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    try:
+        compiled = triton.compile(
+            src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=num_warps, num_stages=num_stages)
+        )
+    except Exception as err:  # e.g. a tile that cannot be laid out
+        return dict(error=f"{type(err).__name__}: {str(err)[:200]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "kernel.ptx")
+        Path(ptx).write_text(compiled.asm["ptx"])
+        report = subprocess.run(
+            [get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o", os.path.join(tmp, "kernel.o")],
+            capture_output=True, text=True, timeout=600,
+        ).stderr  # fmt: skip
+    regs = re.search(r"Used (\d+) registers", report)
+    spill = re.search(r"(\d+) bytes spill stores", report)
+    shared = compiled.metadata.shared
+    return dict(
+        shared_bytes=shared, fits_h100=shared <= H100_SMEM, registers=int(regs.group(1)) if regs else None,
+        spill_store_bytes=int(spill.group(1)) if spill else None,
+    )  # fmt: skip
+
+
+def _types():
+    bf, f32, i32 = "*bf16", "*fp32", "i32"
+    return dict(
+        q=bf, k=bf, v=bf, o=bf, do=bf, dq=bf, dk=bf, dv=bf, fq=bf, fk=bf, dfq=bf, dfk=bf, x=bf, y=bf,
+        wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
+        mx=f32, dm=f32, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
+        T=i32, NSEG=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
+    )  # fmt: skip
+
+
+def cases(chunk: int):
+    """(label, kernel, constexprs) for the shapes in the module docstring."""
+    import lolcats_lab.kernels.hybrid_attn as ha
+    import lolcats_lab.kernels.linear_attn as la
+    import lolcats_lab.kernels.segments as sg
+
+    for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
+                        ("hedgehog f=128", 128, 256)):  # fmt: skip
+        K = F if f == 0 else 128
+        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, CPS=4, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
+                  PREC="tf32", LOWP=True)  # fmt: skip
+        yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
+        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, ce
+        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, ce
+        yield f"{label} segment state", sg.segment_state_kernel, dict(
+            H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
+            PREC="tf32", LOWP=True,
+        )  # fmt: skip
+    for F in (128, 256):
+        ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, CPS=4, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
+                  LOWP=True)  # fmt: skip
+        yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, ce
+        yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce
+        yield f"hybrid F={F} bwd dk/dv", ha.hybrid_attn_bwd_dkv_kernel, ce
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunks", type=int, nargs="*", default=[32, 64], help="token tiles (chunk_size) to compile")
+    ap.add_argument("--configs", default="8x2,4x2", help="num_warps x num_stages candidates, comma separated")
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    rows = []
+    for chunk in args.chunks:
+        for label, kernel, ce in cases(chunk):
+            for warps, stages in configs:
+                r = compile_resources(kernel, _types(), ce, warps, stages)
+                rows.append(dict(kernel=label, chunk=chunk, num_warps=warps, num_stages=stages, **r))
+                shown = r.get("error") or "shared {:>4} KB{}  registers {:>3}  spills {:>6} B".format(
+                    r["shared_bytes"] // 1024, "" if r["fits_h100"] else " (> 227 KB)", r["registers"],
+                    r["spill_store_bytes"],
+                )
+                print(f"{label:<28} chunk {chunk:>3}  {warps} warps x {stages} stages  {shown}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(dict(target="sm_90 (H100)", dtype="bf16", rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU target, not the interpreter
+    sys.exit(main())
