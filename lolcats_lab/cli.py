@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="quick: < 10 min on a 2-core CPU; paper: the paper's sizes (GPU)")
     lin.add_argument("--seq-len", type=_positive_int)
     lin.add_argument("--batch-size", type=_positive_int)
-    lin.add_argument("--transfer-steps", type=_positive_int)
+    lin.add_argument("--transfer-steps", type=_nonneg_int, help="attention-transfer steps (0 skips transfer: the LoRA-only ablation)")
     lin.add_argument("--transfer-lr", type=_positive_float)
     lin.add_argument("--lora-steps", type=_positive_int)
     lin.add_argument("--lora-lr", type=_positive_float)

@@ -2,11 +2,14 @@
 
 ``lm_eval`` is an optional dependency (``pip install "lm_eval>=0.4"``): this module imports without it, and
 :class:`LolcatsLM` then only offers the three request methods, which you can call directly. With lm_eval
-installed, the class subclasses ``lm_eval.api.model.LM`` and is registered as ``"lolcats"``:
+installed, the class subclasses ``lm_eval.api.model.LM`` and is registered as ``"lolcats"`` when this module
+is imported. lm_eval's own ``lm_eval`` command does not import it, so use this module's command line (the same
+arguments as ``lm_eval``, with ``--model lolcats`` available):
 
-    lm_eval --model lolcats --model_args checkpoint=runs/x/checkpoint,mode=linear --tasks hellaswag
+    python -m lolcats_lab.lm_eval_adapter --model lolcats --model_args checkpoint=runs/x/checkpoint,mode=linear --tasks hellaswag
 
-or from Python, ``lm_eval.simple_evaluate(model=LolcatsLM(model, tokenizer), tasks=[...])``.
+or from Python, ``lm_eval.simple_evaluate(model=LolcatsLM(model, tokenizer), tasks=[...])`` (or
+``model="lolcats", model_args="checkpoint=...,mode=linear"`` after importing this module).
 
 Requests carry ``.args`` (lm_eval's ``Instance``):
 
@@ -25,6 +28,7 @@ Everything runs in the model's current attention mode (``mode=`` sets it at cons
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -62,6 +66,8 @@ class LolcatsLM(_LMBase):
         max_gen_toks: default cap on generated tokens.
         batch_size: requests per forward pass in ``loglikelihood`` (padding is on the right, so causal models
             score each row exactly as alone).
+        device: move the model there first; "cuda..." without CUDA runs on the CPU with a warning (lm_eval's
+            command line passes "cuda" by default).
     """
 
     def __init__(
@@ -92,6 +98,11 @@ class LolcatsLM(_LMBase):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int (lm_eval's 'auto' is not supported), got {batch_size!r}")
         if device is not None:
+            if str(device).startswith("cuda") and not torch.cuda.is_available():
+                # lm_eval's command line passes device="cuda" unless told otherwise
+                warnings.warn(f"device={device!r} but CUDA is not available; running on the CPU (pass --device cpu "
+                              "to silence this)", stacklevel=2)
+                device = "cpu"
             model = model.to(device)
         if mode is not None:
             from .models.convert import attention_modules, set_attention_mode
@@ -230,7 +241,29 @@ class LolcatsLM(_LMBase):
         return out
 
 
-if HAVE_LM_EVAL:  # pragma: no cover - depends on the environment
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m lolcats_lab.lm_eval_adapter [lm_eval arguments]``: lm_eval's command line with ``--model
+    lolcats`` registered (lm_eval's own ``lm_eval`` command never imports this module)."""
+    if not HAVE_LM_EVAL:
+        raise SystemExit("lm_eval is not installed: pip install -e '.[eval]' (or pip install 'lm_eval>=0.4')")
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if HAVE_LM_EVAL and __name__ != "__main__":  # pragma: no cover - depends on the environment
+    # lm_eval fills its registry with the built-in models ("hf", ...) only when the registry is still empty
+    # at the first lookup; registering "lolcats" first would hide them, so load that table first
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import register_model
 
     register_model("lolcats")(LolcatsLM)
+
+if __name__ == "__main__":  # run through the imported module, so "lolcats" is registered exactly once
+    from lolcats_lab.lm_eval_adapter import main as _main
+
+    _main()

@@ -164,10 +164,13 @@ def run_linearize(settings: LinearizeSettings, callback=None, log=print) -> dict
     mse_before = layer_mse(model, probe)  # [L, H]
     ppl_before = perplexity(model, val_ids, batch_size=s.batch_size)
 
-    say(f"[4/6] attention transfer: {s.transfer_steps} steps")
-    tcfg = TransferConfig(steps=s.transfer_steps, lr=s.transfer_lr, batch_size=s.batch_size, mse_scale=s.mse_scale,
-                          seed=s.seed, checkpoint_every=s.checkpoint_every, progress=s.progress)
-    if s.layerwise:
+    say(f"[4/6] attention transfer: {s.transfer_steps} steps" + (" (skipped: the LoRA-only ablation)" if not s.transfer_steps else ""))
+    if s.transfer_steps:
+        tcfg = TransferConfig(steps=s.transfer_steps, lr=s.transfer_lr, batch_size=s.batch_size, mse_scale=s.mse_scale,
+                              seed=s.seed, checkpoint_every=s.checkpoint_every, progress=s.progress)
+    if not s.transfer_steps:  # feature maps stay at their initialisation; LoRA alone recovers what it can
+        t_result = LoopResult(steps_done=0)
+    elif s.layerwise:
         from .train import transfer_layerwise
 
         per_layer = transfer_layerwise(model, train_ids, tcfg, checkpoint_dir=out / "transfer_state", callback=callback)

@@ -54,6 +54,21 @@ def test_linearize_writes_checkpoint_metrics_and_report(tiny_model_dir, tmp_path
     assert perplexity(model, val) == pytest.approx(m["ppl_after_lora"], rel=1e-5)
 
 
+@pytest.mark.embedded
+def test_linearize_without_transfer_is_the_lora_only_ablation(tiny_model_dir, tmp_path):
+    """--transfer-steps 0 skips attention transfer: the maps stay at init (MSE and perplexity unchanged by
+    stage 1), LoRA still trains and moves the perplexity."""
+    out = tmp_path / "lora-only"
+    argv = ["linearize", "--out", str(out), "--model", tiny_model_dir, *FAST]
+    argv[argv.index("--transfer-steps") + 1] = "0"
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["transfer_tokens"] == 0 and m["transfer_loss"] == []
+    assert m["layer_mse_after"] == m["layer_mse_before"]
+    assert m["ppl_after_transfer"] == m["ppl_before_transfer"]
+    assert m["ppl_after_lora"] != pytest.approx(m["ppl_after_transfer"], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
