@@ -27,7 +27,9 @@ Forms:
 * :func:`naive_hybrid_attn`: [T, T] masks, the reference (and the map for plots).
 * :func:`chunk_hybrid_attn`: O(T * w) memory. Chunks of C tokens (C a multiple of w, at least 64);
   for a query chunk every window key lies in the same or the previous chunk, and every key of earlier
-  chunks is linear, so those are summed in a running state S, z exactly like chunked linear attention.
+  chunks is linear, so those are summed in prefix states S, z exactly like chunked linear attention.
+  All chunks go through a handful of batched matmuls at once (no Python loop over chunks): the CPU path
+  (benchmarks/bench_cpu_context.py).
 * :func:`hybrid_decode_step` with :class:`HybridCache`: one token at a time, constant memory; equals the
   full pass (the cache folds a key into S, z exactly when it leaves the window).
 """
@@ -158,6 +160,63 @@ def hybrid_chunk_size(window: int, min_chunk: int = 64) -> int:
     return window * max(1, -(-min_chunk // window))
 
 
+def _chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, H, T, E] -> [B * H * N, C, E] in fp32 (fp64 stays), zero-padded to whole chunks (N = ceil(T / C))."""
+    x = up(x)
+    pad = -x.shape[2] % C
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    return x.reshape(-1, C, x.shape[-1])  # [M, C, E]
+
+
+def _local_keys(xc: torch.Tensor, before: int, after: int, ones: bool = False) -> torch.Tensor:
+    """Per query chunk m, its ``before`` previous chunks, itself and ``after`` next ones, side by side.
+
+    xc: [M, C, E] (chunks of all rows and heads, in order). Returns [M, K, E (+1)], K = (before + 1 + after) * C,
+    with a column of ones appended when ``ones`` (so a @ result also gives the row sums of a). A chunk's
+    neighbours across a row / head boundary hold another row's keys: callers mask them.
+    """
+    M, C, E = xc.shape
+    out = xc.new_empty(M, (before + 1 + after) * C, E + ones)
+    for i in range(-before, after + 1):  # neighbour offset
+        dst = out[:, (i + before) * C : (i + before + 1) * C, :E]  # [M, C, E]
+        if i == 0:
+            dst.copy_(xc)
+        elif i < 0:
+            dst[-i:].copy_(xc[:i])
+            dst[:-i].zero_()
+        else:
+            dst[:-i].copy_(xc[i:])
+            dst[-i:].zero_()
+    if ones:
+        out[..., E] = 1.0
+    return out
+
+
+def _prefix_sum(x: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """Inclusive prefix sums along dim 1 of x [R, N, E], as a few large matmuls (torch.cumsum is slow on
+    CPU here, a loop over N is N small ops): within blocks of ``block`` chunks, then across blocks."""
+    R, N, E = x.shape
+    nb = -(-N // block)
+    xb = torch.nn.functional.pad(x, (0, 0, 0, nb * block - N)).view(R, nb, block, E)  # [R, nb, G, E]
+    tri = torch.ones(block, block, dtype=x.dtype, device=x.device).tril()  # [G, G]
+    inner = torch.matmul(tri, xb)  # [R, nb, G, E] in-block prefix sums
+    if nb > 1:
+        tri_b = torch.ones(nb, nb, dtype=x.dtype, device=x.device).tril(-1)  # [nb, nb], blocks strictly before
+        inner = inner + torch.matmul(tri_b, inner[:, :, -1])[:, :, None]  # [R, nb, G, E]
+    return inner.view(R, nb * block, E)[:, :N]
+
+
+def _far_states(S_c: torch.Tensor, causal: bool) -> torch.Tensor:
+    """For each chunk n, the sum of S_c over chunks <= n - 2 (and >= n + 2 when bidirectional). S_c: [R, N, E]."""
+    R, N, E = S_c.shape
+    zeros = S_c.new_zeros(R, min(2, N), E)
+    far = torch.cat([zeros, _prefix_sum(S_c[:, : max(0, N - 2)])], 1)  # [R, N, E]
+    if not causal:
+        far = far + torch.cat([_prefix_sum(S_c[:, 2:].flip(1)).flip(1), zeros], 1)
+    return far
+
+
 def chunk_hybrid_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -178,69 +237,81 @@ def chunk_hybrid_attn(
     """Hybrid attention in O(T * C) memory; same arguments and result as :func:`naive_hybrid_attn`.
 
     chunk_size: C, a positive multiple of ``window`` (default: the smallest multiple >= 64).
+
+    All chunks are computed at once, batched over M = B * H * N chunks (no Python loop over chunks): query
+    chunk n sees its local keys (chunks n-1, n, and n+1 when bidirectional) exactly, through one [C, K]
+    pattern of window / linear keys shared by every chunk (C is a multiple of w, so the rules are the same
+    up to a shift of whole blocks), and every farther key through prefix sums of the per-chunk states.
+    Values carry an extra column of ones, so each product with them also yields the normaliser (z, row sums).
     """
     key_mask = _check_hybrid_inputs(q, k, v, fq, fk, window_logit, window, kind, key_mask, sink_tokens)
     C = hybrid_chunk_size(window) if chunk_size is None else chunk_size
     if isinstance(C, bool) or not isinstance(C, int) or C < 1 or (window > 0 and C % window):
         raise ValueError(f"chunk_size must be a positive multiple of window={window}, got {chunk_size!r}")
     B, H, T, D = q.shape
+    Dv = v.shape[-1]
     scale = D**-0.5 if scale is None else scale
     dev = q.device
     if T == 0:  # empty sequence: empty output
         return v.new_zeros(v.shape)
-    q32, k32, v32, fq32, fk32 = up(q), up(k), up(v), up(fq), up(fk)
-    valid = torch.ones(B, T, dtype=torch.bool, device=dev) if key_mask is None else key_mask
-    pos = torch.arange(T, device=dev)
-    # keys feeding the linear state: real, and not sinks (sinks are always window keys)
-    fk_state = fk32 * (valid & (pos >= sink_tokens)[None])[:, None, :, None]  # [B, H, T, F]
-    gamma = torch.sigmoid(window_logit.to(q32.dtype))[None, :, None, None]  # [1, H, 1, 1]
-    n_chunks = -(-T // C)
+    # in-place elementwise ops where autograd does not need the overwritten values
+    inplace = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, fq, fk, window_logit)))
+    N = -(-T // C)
+    P = N * C  # padded length
+    before, after = 1, (0 if causal else 1)  # local chunks around each query chunk
+    K = (before + 1 + after) * C
+    valid = torch.arange(P, device=dev) < T if key_mask is None else torch.nn.functional.pad(key_mask, (0, P - T))
+    valid = valid.expand(B, P)  # [B, P]
 
-    if causal:
-        # linear state over chunks 0 .. c-2 (all linear for queries in chunk c)
-        S = torch.zeros(B, H, fq.shape[-1], v.shape[-1], device=dev, dtype=q32.dtype)
-        z = torch.zeros(B, H, fq.shape[-1], device=dev, dtype=q32.dtype)
-        far = None
-    else:
-        # bidirectional: every chunk more than one away is linear; per-chunk states, summed by exclusion
-        chunk_S = torch.stack(
-            [torch.einsum("bhjf,bhjd->bhfd", fk_state[:, :, c * C : (c + 1) * C], v32[:, :, c * C : (c + 1) * C]) for c in range(n_chunks)]
-        )  # [N, B, H, F, D]
-        chunk_z = torch.stack([fk_state[:, :, c * C : (c + 1) * C].sum(2) for c in range(n_chunks)])  # [N, B, H, F]
-        far = (chunk_S, chunk_z)
+    # window / linear pattern of a chunk against its local keys, from relative positions
+    kpos = torch.arange(K, device=dev)  # [K]
+    in_win, in_lin = window_masks(kpos[:C] + before * C, kpos, window=window, kind=kind, causal=causal)  # [C, K]
+    kabs = (torch.arange(N, device=dev) - before)[:, None] * C + kpos  # [N, K] absolute key positions
+    inside = (kabs >= 0) & (kabs < P)
+    kvalid = valid[:, kabs.clamp(0, P - 1)] & inside  # [B, N, K]
+    if sink_tokens:  # sinks among the local keys: window keys wherever visible
+        is_sink = (inside & (kabs < sink_tokens))[:, None, :]  # [N, 1, K]
+        in_win, in_lin = in_win | (is_sink & (in_win | in_lin)), in_lin & ~is_sink  # [N, C, K]
+    in_win, in_lin = in_win & kvalid[:, None, :, None, :], in_lin & kvalid[:, None, :, None, :]  # [B, 1, N, C, K]
 
-    outs = []
-    for c in range(n_chunks):
-        q0, q1 = c * C, min((c + 1) * C, T)
-        if causal:
-            lo, hi = max(0, q0 - C), q1  # keys of the previous and this chunk
-            if c >= 2:
-                p0, p1 = (c - 2) * C, (c - 1) * C
-                S = S + torch.einsum("bhjf,bhjd->bhfd", fk_state[:, :, p0:p1], v32[:, :, p0:p1])
-                z = z + fk_state[:, :, p0:p1].sum(2)
-            S_far, z_far = S, z
-        else:
-            lo, hi = max(0, q0 - C), min(T, q1 + C)
-            keep = [n for n in range(n_chunks) if abs(n - c) > 1]
-            S_far = far[0][keep].sum(0) if keep else torch.zeros_like(far[0][0])
-            z_far = far[1][keep].sum(0) if keep else torch.zeros_like(far[1][0])
-        # sink keys that lie before the local keys are window keys too
-        kidx = torch.cat([torch.arange(min(sink_tokens, lo), device=dev), torch.arange(lo, hi, device=dev)])  # [K]
-        in_win, in_lin = window_masks(pos[q0:q1], kidx, window=window, kind=kind, causal=causal, sink_tokens=sink_tokens)
-        kvalid = valid[:, kidx][:, None, None, :]  # [B, 1, 1, K]
-        in_win, in_lin = in_win[None, None] & kvalid, in_lin[None, None] & kvalid  # [B, 1, Cq, K]
+    q_c, fq_c = _chunks(q, C), _chunks(fq, C)  # [M, C, D], [M, C, F]
+    k_l = _local_keys(_chunks(k, C), before, after)  # [M, K, D]
+    v_c = _chunks(v, C)  # [M, C, Dv]
+    v_l = _local_keys(v_c, before, after, ones=True)  # [M, K, Dv + 1]
+    s = torch.baddbmm(q_c.new_empty(()), q_c, k_l.transpose(1, 2), beta=0, alpha=scale)  # [M, C, K]
+    if sink_tokens:  # sinks before the local keys: extra window keys for every query of the chunk
+        ns = min(sink_tokens, T)
+        spos = torch.arange(ns, device=dev)[None, :]  # [1, ns]
+        far_sink = spos < kabs[:, :1] if causal else (spos < kabs[:, :1]) | (spos > kabs[:, -1:])  # [N, ns]
+        sink_win = far_sink[None] & valid[:, None, :ns]  # [B, N, ns]
+        k_s, v_s = up(k[:, :, :ns]), torch.nn.functional.pad(up(v[:, :, :ns]), (0, 1), value=1.0)  # [B, H, ns, *]
+        s_s = torch.einsum("bhncd,bhsd->bhncs", q_c.view(B, H, N, C, D), k_s) * scale  # [B, H, N, C, ns]
+        s = torch.cat([s, s_s.reshape(-1, C, ns)], -1)  # [M, C, K + ns]
+        in_win = torch.cat([in_win, sink_win[:, None, :, None, :].expand(B, 1, N, C, ns)], -1)
+        in_lin = torch.cat([in_lin, torch.zeros_like(in_win[..., K:])], -1)
+        v_l = torch.cat([v_l, v_s[:, :, None].expand(B, H, N, ns, Dv + 1).reshape(-1, ns, Dv + 1)], 1)
+    s5 = s.view(B, H, N, C, -1)  # [B, H, N, C, K (+ ns)]
+    s_win = s5.masked_fill_(~in_win, float("-inf")) if inplace else s5.masked_fill(~in_win, float("-inf"))
+    m = s_win.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows without window keys
+    gamma = torch.sigmoid(window_logit.to(s.dtype))[None, :, None, None, None]  # [1, H, 1, 1, 1]
+    a = s_win.sub_(m).exp_().mul_(gamma) if inplace else gamma * torch.exp(s_win - m)  # [B, H, N, C, K (+ ns)]
+    if bool(in_lin.any()):  # tk with C == w has no linear keys among the local ones
+        fk_l = _local_keys(_chunks(fk, C), before, after)  # [M, K, F]
+        a_lin = (fq_c @ fk_l.transpose(1, 2)).view(B, H, N, C, K) * in_lin[..., :K]  # [B, H, N, C, K]
+        a = a + torch.nn.functional.pad(a_lin, (0, a.shape[-1] - K))
 
-        q_c, fq_c = q32[:, :, q0:q1], fq32[:, :, q0:q1]  # [B, H, Cq, *]
-        k_l, v_l, fk_l = k32[:, :, kidx], v32[:, :, kidx], fk32[:, :, kidx]  # [B, H, K, *]
-        s = torch.einsum("bhid,bhjd->bhij", q_c, k_l) * scale  # [B, H, Cq, K]
-        s_win = s.masked_fill(~in_win, float("-inf"))
-        m = s_win.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        a = gamma * torch.exp(s_win - m) + torch.einsum("bhif,bhjf->bhij", fq_c, fk_l) * in_lin  # [B, H, Cq, K]
-        num = torch.einsum("bhij,bhjd->bhid", a, v_l) + torch.einsum("bhif,bhfd->bhid", fq_c, S_far)
-        den = a.sum(-1) + torch.einsum("bhif,bhf->bhi", fq_c, z_far) + eps  # [B, H, Cq]
-        outs.append(num / den[..., None])
-    return torch.cat(outs, dim=2).to(v.dtype)  # [B, H, T, Dv]
+    # states of whole chunks over the keys that feed them (real, not sinks); [S | z] in one [F, Dv + 1] matrix
+    fk_c = _chunks(fk, C)  # [M, C, F]
+    state_keys = valid & (torch.arange(P, device=dev) >= sink_tokens)  # [B, P]
+    if not bool(state_keys.all()):
+        fk_c = fk_c * state_keys[:, None, :].expand(B, H, P).reshape(-1, C, 1)
+    v1_c = v_l[:, before * C : (before + 1) * C]  # [M, C, Dv + 1] own chunk, with the ones column
+    S_c = (fk_c.transpose(1, 2) @ v1_c).view(B * H, N, -1)  # [BH, N, F * (Dv + 1)]
+    S_far = _far_states(S_c, causal).view(-1, fk_c.shape[-1], Dv + 1)  # [M, F, Dv + 1]
+    num = torch.baddbmm(a.view(-1, C, a.shape[-1]) @ v_l, fq_c, S_far)  # [M, C, Dv + 1]
+    y = num[..., :Dv] / (num[..., Dv:] + eps)  # [M, C, Dv]
+    return y.view(B, H, P, Dv)[:, :, :T].to(v.dtype)  # [B, H, T, Dv]
 
 
 def hybrid_attn(
