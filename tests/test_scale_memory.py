@@ -25,7 +25,7 @@ from lolcats_lab.train.lora import add_lora
 
 GiB = 2**30
 # The estimate sums transients that never coexist, so it should err high, but it must stay useful.
-# Measured ratios estimate / measured for the cases below: 1.10-1.21 (fp32 and bf16, CPU, torch 2.13).
+# Measured ratios estimate / measured for the cases below: 1.10-1.27 (fp32 and bf16, CPU, torch 2.13).
 LOW, HIGH = 0.9, 1.8
 
 

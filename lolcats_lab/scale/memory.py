@@ -48,10 +48,10 @@ __all__ = [
 
 STAGES = ("transfer", "lora")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-STAGE1_PER_HEAD_TOKEN = 56  # measured 47-52 bytes per B*H*T*(D+F) (fp32 and bf16 models)
-STAGE2_PER_HEAD_TOKEN = 34  # measured 30-32 bytes per B*T*H*(D+F), saved per layer
+STAGE1_PER_HEAD_TOKEN = 70  # measured 47-52 bytes per B*H*T*(D+F); the batched chunk form (2026-11-23) holds more
+STAGE2_PER_HEAD_TOKEN = 44  # measured 30-32 bytes per B*T*H*(D+F), saved per layer; ~40 with the batched chunk form
 STAGE2_PER_HIDDEN = 14  # measured 13.7 elements per B*T*h per layer (norms, MLP with i ~ 3.5 h, residuals)
-STAGE2_TRANSIENT = 14  # measured 12 bytes per B*T*H*(D+F): one layer's backward temporaries
+STAGE2_TRANSIENT = 20  # measured 12 bytes per B*T*H*(D+F): one layer's backward temporaries (more since the batched chunk form)
 LOGITS_BYTES = 8  # per B*T*V, plus s: fp32 logits and log-softmax; the gradient in the model's dtype
 UPCAST_PER_HEAD_TOKEN = 8  # bytes per B*H*T*D: bf16/fp16 q and k copied to fp32 for the maps (measured +1.1 KB at D = 128)
 
