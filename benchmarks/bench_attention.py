@@ -44,6 +44,7 @@ WINDOW = 64
 CHECK_T = 512  # correctness check length (naive references are quadratic)
 OUT_TOL, GRAD_TOL = 5e-3, 1e-2  # relative RMS (issue 10), for this project's kernels
 BASELINE_TOL = 2e-2  # outputs and gradients of third-party baselines (sdpa, fla): timed if within this
+FLA_IMPORT_ERROR: list[str] = []  # filled by make_providers when fla cannot be imported
 DECODE = dict(batch=16, heads=32, window=64, contexts=[1024, 4096, 16384, 32768, 131072])
 
 
@@ -113,7 +114,8 @@ def make_providers():
 
         P["fla_chunk"] = (feats, fla_lin, naive_linear_attn)
         P["fla_hedgehog_f128"] = (lambda T: hh(T, 128), fla_hh, P["triton_hedgehog_f128"][2])
-    except ImportError as err:
+    except Exception as err:  # recorded in the results JSON too (main), so a failed import is not silent
+        FLA_IMPORT_ERROR.append(f"{type(err).__name__}: {err}")
         print(f"flash-linear-attention not available ({err}); skipping its providers", file=sys.stderr)
     return P
 
@@ -347,6 +349,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = dict(env=env, shape=dict(batch=B, heads=H, head_dim=D, features=F, window=WINDOW, dtype=str(DTYPE)),
                    timing="triton.testing.do_bench median (warmup 25 ms, rep 100 ms)", checks={}, rows=[])  # fmt: skip
+    if FLA_IMPORT_ERROR:
+        results["fla_import_error"] = FLA_IMPORT_ERROR[0]
     for name, (make, fn, ref) in providers.items():
         try:
             ok, errs = check(name, make, fn, ref)
