@@ -73,7 +73,7 @@ def _types():
         q=bf, k=bf, v=bf, o=bf, do=bf, dq=bf, dk=bf, dv=bf, fq=bf, fk=bf, dfq=bf, dfk=bf, x=bf, y=bf,
         wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
         mx=f32, dm=f32, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
-        T=i32, NSEG=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
+        T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
     )  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def cases(chunk: int):
     for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
                         ("hedgehog f=128", 128, 256)):  # fmt: skip
         K = F if f == 0 else 128
-        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, CPS=4, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
+        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
                   PREC="tf32", LOWP=True)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
         yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, ce
@@ -96,7 +96,7 @@ def cases(chunk: int):
             PREC="tf32", LOWP=True,
         )  # fmt: skip
     for F in (128, 256):
-        ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, CPS=4, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
+        ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
                   LOWP=True)  # fmt: skip
         yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, ce
         yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce

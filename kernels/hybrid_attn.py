@@ -182,11 +182,11 @@ def _advance_state(fk, v, b_S, b_z, lo, hi, NS, F: tl.constexpr, V: tl.constexpr
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
-@triton.jit(do_not_specialize=["T", "W", "NS"])
+@triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_fwd_kernel(
     q, k, v, fq, fk, gam, s0, z0, o, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
@@ -221,11 +221,11 @@ def hybrid_attn_fwd_kernel(
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
-@triton.jit(do_not_specialize=["T", "W", "NS"])
+@triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dq_kernel(
     q, k, v, fq, fk, do, gam, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Forward scan of a segment: recompute each query tile, then dq, dfq; writes den, dd,
@@ -308,11 +308,11 @@ def hybrid_attn_bwd_dq_kernel(
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
-@triton.jit(do_not_specialize=["T", "W", "NS"])
+@triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dkv_kernel(
     q, k, v, fq, fk, do, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Reverse scan over one segment's key tiles: dk, dfk, dv. (p0, r0): the reverse state

@@ -107,11 +107,11 @@ def _features(b_q, b_k, b_wq, b_wk, m_t, FH: tl.constexpr, BF: tl.constexpr, HED
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.autotune(configs=_CONFIGS, key=_KEY)
-@triton.jit(do_not_specialize=["T", "NSEG"])
+@triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_fwd_kernel(
     q, k, v, wq, wk, s0, z0, o, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BV), NSEG, B*H): segment i_s of chunks [i_s CPS, (i_s + 1) CPS), starting from the
@@ -153,11 +153,11 @@ def linear_attn_fwd_kernel(
 
 
 @triton.autotune(configs=_CONFIGS, key=_KEY)
-@triton.jit(do_not_specialize=["T", "NSEG"])
+@triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dq_kernel(
     q, k, v, do, wq, wk, s0, z0, dq, dwq, den, dd, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H): recompute y, write den, dd [B, H, T] and dq (dfq, or
@@ -224,11 +224,11 @@ def linear_attn_bwd_dq_kernel(
 
 
 @triton.autotune(configs=_CONFIGS, key=_KEY)
-@triton.jit(do_not_specialize=["T", "NSEG"])
+@triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dkv_kernel(
     q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, dwk, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
-    CPS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
