@@ -42,6 +42,20 @@ def phi(x, w):
     return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
 
 
+def gqa_hedgehog_case(B, H, KH, VH, T, K, f, D, seed):
+    """Raw q [B, H], k [B, KH], v [B, VH] heads and maps [H, K, f] on DEVICE, an upstream gradient, and the
+    reference: naive linear attention on the written-out Hedgehog map after repeating k, v per query head."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, T, d, generator=g) for n, d in ((H, K), (KH, K), (VH, D)))
+    wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
+    do = torch.randn(B, H, T, D, generator=g).to(DEVICE)
+
+    def reference(q, k, v, wq, wk):
+        return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(H // KH, 1), wk), v.repeat_interleave(H // VH, 1))
+
+    return [x.to(DEVICE) for x in (q, k, v, wq, wk)], do, reference
+
+
 def run_with_grads(fn, inputs, do):
     """y = fn(*inputs); returns (y, grads of every input) for the upstream gradient do."""
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
@@ -202,17 +216,7 @@ def test_hedgehog_large_map_takes_the_unfused_kernel():
     from lolcats_lab.kernels.linear_attn import fused_hedgehog_fits
 
     assert fused_hedgehog_fits(128, 64) and not fused_hedgehog_fits(128, 80) and not fused_hedgehog_fits(256, 32)
-    torch.manual_seed(0)
-    H, K, f, D, T = 2, 12, 80, 10, 40
-    g = torch.Generator().manual_seed(7)
-    q, k, v = torch.randn(1, H, T, K, generator=g), torch.randn(1, 1, T, K, generator=g), torch.randn(1, 1, T, D, generator=g)
-    wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
-    do = torch.randn(1, H, T, D, generator=g).to(DEVICE)
-    inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
-
-    def reference(q, k, v, wq, wk):
-        return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(2, 1))
-
+    inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=1, VH=1, T=40, K=12, f=80, D=10, seed=7)
     y_ref, g_ref = run_with_grads(reference, inputs, do)
     y, g_out = run_with_grads(triton_hedgehog_linear_attn, inputs, do)
     compare("y", y_ref, y, torch.float32)
@@ -235,16 +239,7 @@ def test_segments_match_naive(segment_chunks):
     """The sequence cut into segments (per-segment states, a prefix scan, one program per segment) gives the
     reference output and gradients, for fused Hedgehog with grouped-query keys: 150 tokens in 10 chunks of
     16, so segment_chunks=3 leaves a short last segment and a partial last chunk."""
-    torch.manual_seed(0)
-    H, K, f, D, T = 4, 12, 6, 10, 150
-    g = torch.Generator().manual_seed(5)
-    q, k, v = torch.randn(2, H, T, K, generator=g), torch.randn(2, 2, T, K, generator=g), torch.randn(2, 1, T, D, generator=g)
-    wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
-    do = torch.randn(2, H, T, D, generator=g).to(DEVICE)
-    inputs = [x.to(DEVICE) for x in (q, k, v, wq, wk)]
-
-    def reference(q, k, v, wq, wk):
-        return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(4, 1))
+    inputs, do, reference = gqa_hedgehog_case(B=2, H=4, KH=2, VH=1, T=150, K=12, f=6, D=10, seed=5)
 
     def fused(q, k, v, wq, wk):
         return triton_hedgehog_linear_attn(q, k, v, wq, wk, chunk_size=16, segment_chunks=segment_chunks)
@@ -255,7 +250,7 @@ def test_segments_match_naive(segment_chunks):
     for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
         check_close(name, a, b, ratio=1e-4, atol=1e-5)
     # unfused on the same segment plan
-    feats, do2 = make_inputs(1, 2, T, 12, 10, torch.float32, seed=6)
+    feats, do2 = make_inputs(1, 2, 150, 12, 10, torch.float32, seed=6)
     y_ref, g_ref = run_with_grads(naive_linear_attn, feats, do2)
     y, g_out = run_with_grads(
         lambda a, b, c: triton_linear_attn(a, b, c, chunk_size=16, segment_chunks=segment_chunks), feats, do2
