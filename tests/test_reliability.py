@@ -441,8 +441,9 @@ LONG_CHILD = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, T", [("float32", 65536), ("bfloat16", 16384)])
 def test_64k_tokens_in_chunked_forms_bounded_memory(dtype, T):
-    """bf16 runs 16k tokens: chunk_hybrid_attn calls up(fk) (a full fp32 copy of fk) inside its chunk loop,
-    which is O(T^2 / C) time for bf16/fp16 inputs (26-90 s at 64k on 2 busy cores; reported). fp32 is a no-op.
+    """fp32 at 64k tokens, bf16 at 16k (kept from when the chunked hybrid upcast per chunk in a loop). The
+    batched chunk form upcasts whole inputs to fp32 and lays out three chunks of keys per query chunk, so its
+    memory is O(T * C): 68 MiB at bf16 16k, against 2 GiB for one quadratic score matrix.
     Not shrunk under LOLCATS_CI: 64k is the claim (fp32 measured 10 s idle, 45 s on 2 busy cores)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
@@ -456,7 +457,7 @@ def test_64k_tokens_in_chunked_forms_bounded_memory(dtype, T):
     assert out["finite"]
     quadratic_mib = 2 * T * T * 4 / 2**20  # one fp32 [H, T, T] score matrix: 32 GiB at 64k
     assert out["peak_rss_increase_mib"] < 1024, json.dumps(out)  # measured ~ tens of MiB; quadratic would be 32768 MiB
-    assert out["peak_rss_increase_mib"] < quadratic_mib / 30
+    assert out["peak_rss_increase_mib"] < quadratic_mib / 10  # 205 MiB at 16k, 3.2 GiB at 64k
     assert out["peak_rss_increase_mib"] > 1, "control: the two [1, 2, T, 16] outputs alone exceed 1 MiB"
     tol = TOLERANCES[getattr(torch, dtype)]["ratio"]
     assert out["prefix_rel_err_linear"] < tol and out["prefix_rel_err_hybrid"] < tol, out
