@@ -53,18 +53,13 @@ def rel_rms(ref, out):
 
 
 # ----------------------------------------------------------------------------------------------- providers
-def hedgehog_phi(x, w):
-    """SPEC.md Hedgehog map in PyTorch: x [B, H, T, D], w [H, D, f] -> [B, H, T, 2f] (x's dtype)."""
-    z = torch.einsum("bhtd,hdf->bhtf", x, w.to(x.dtype))
-    return torch.cat([z.softmax(-1), (-z).softmax(-1)], -1).clamp(min=1e-12)
-
-
 def make_providers():
     """name -> (make_inputs(T) -> list of tensors, fn(*inputs) -> y, reference(*inputs fp32) -> y)."""
     import torch.nn.functional as Fn
 
     from lolcats_lab.attention.hybrid import naive_hybrid_attn
     from lolcats_lab.attention.linear import naive_linear_attn
+    from lolcats_lab.feature_maps import hedgehog_phi
     from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
 
     dev = "cuda"

@@ -50,10 +50,19 @@ def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def load_state(p, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
-    """Columns [v0, v0 + BV) of a padded fp32 state [BF, BVS] (written by segment_state_kernel)."""
+def load_segment_state(s0, z0, i_seg, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
+    """The state a segment starts from (segments.py): columns [v0, v0 + BV) of the padded fp32 matrix
+    s0[i_seg] [BF, BVS] and the vector z0[i_seg] [BF]; i_seg = (b * H + h) * NSEG + segment."""
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
-    return tl.load(p + o_f[:, None] * BVS + v0 + o_v[None, :])
+    b_S = tl.load(s0 + i_seg * BF * BVS + o_f[:, None] * BVS + v0 + o_v[None, :])  # [BF, BV]
+    b_z = tl.load(z0 + i_seg * BF + o_f)  # [BF]
+    return b_S, b_z
+
+
+@triton.jit
+def segment_chunks(i_s, CPS, T, BT: tl.constexpr):
+    """[first, end) chunk indices of segment i_s: CPS chunks of BT tokens, the last segment cut at T."""
+    return i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))
 
 
 @triton.jit

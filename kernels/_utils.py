@@ -73,3 +73,11 @@ def check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be an int >= 16 (a power of two; tl.dot needs 16), got {chunk_size!r}")
     if chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two (Triton tile size), got {chunk_size}")
+
+
+def check_segment_chunks(segment_chunks) -> None:
+    """segment_chunks: chunks per sequence segment (segments.py), a positive int, or None for automatic."""
+    if segment_chunks is not None and (
+        isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int) or segment_chunks < 1
+    ):
+        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")

@@ -55,10 +55,18 @@ import triton
 import triton.language as tl
 
 from ._tl_helpers import dot as _dot
-from ._tl_helpers import head_offsets, load_state
+from ._tl_helpers import head_offsets, load_segment_state, segment_chunks
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import store_rows as _store
-from ._utils import autotune_configs, block, check_chunk_size, check_same_dtype_device, check_tensor, dot_precision
+from ._utils import (
+    autotune_configs,
+    block,
+    check_chunk_size,
+    check_same_dtype_device,
+    check_segment_chunks,
+    check_tensor,
+    dot_precision,
+)
 from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_states, suffix_sum
 
 HYBRID_EPS = 1e-12
@@ -201,11 +209,11 @@ def hybrid_attn_fwd_kernel(
     v += i_bv * T * V
     o += i_bh64 * T * V
     gamma = tl.load(gam + i_bh % H)
-    i_seg = i_bh64 * NSEG + i_s
-    b_S = load_state(s0 + i_seg * BF * BV, BF, BV, 0, BV)  # keys [sinks, L0(segment start)) as linear
-    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))
-    L_done = _linear_start(i_s * CPS * BT, W, TK)  # keys < L_done are in the state (an int32 scalar)
-    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
+    # keys [sinks, L0(segment start)) as linear
+    b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
+    L_done = _linear_start(t_lo * BT, W, TK)  # keys < L_done are in the state (an int32 scalar)
+    for i_t in range(t_lo, t_hi):
         c0 = i_t * BT
         o_i = c0 + tl.arange(0, BT)
         m_i = o_i < T
@@ -247,11 +255,11 @@ def hybrid_attn_bwd_dq_kernel(
     amax += i_bh64 * T
     dm += i_bh64 * T
     gamma = tl.load(gam + i_bh % H)
-    i_seg = i_bh64 * NSEG + i_s
-    b_S = load_state(s0 + i_seg * BF * BV, BF, BV, 0, BV)  # keys [sinks, L0(segment start)) as linear
-    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))
-    L_done = _linear_start(i_s * CPS * BT, W, TK)
-    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
+    # keys [sinks, L0(segment start)) as linear
+    b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
+    L_done = _linear_start(t_lo * BT, W, TK)
+    for i_t in range(t_lo, t_hi):
         c0 = i_t * BT
         o_i = c0 + tl.arange(0, BT)
         m_i = o_i < T
@@ -335,11 +343,9 @@ def hybrid_attn_bwd_dkv_kernel(
     amax += i_bh64 * T
     dm += i_bh64 * T
     gamma = tl.load(gam + i_bh % H)
-    i_seg = i_bh64 * NSEG + i_s
-    b_P = load_state(p0 + i_seg * BF * BV, BF, BV, 0, BV)  # sum_i fq_i dn_i^T over queries >= Q_done
-    b_r = tl.load(r0 + i_seg * BF + tl.arange(0, BF))  # sum_i dd_i fq_i
-    t_lo = i_s * CPS
-    t_hi = tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))
+    # sum_i fq_i dn_i^T [BF, BV] and sum_i dd_i fq_i [BF] over queries >= Q_done
+    b_P, b_r = load_segment_state(p0, r0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     Q_done = _reverse_start((t_hi - 1) * BT, T, W, BT, TK)
     for i_r in range(t_hi - t_lo):
         c0 = (t_hi - 1 - i_r) * BT
@@ -584,9 +590,7 @@ def hybrid_attn(
     if not (isinstance(eps, float) and eps >= 0.0):
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     check_chunk_size(chunk_size)
-    if segment_chunks is not None and (isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int)
-                                       or segment_chunks < 1):
-        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")
+    check_segment_chunks(segment_chunks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HybridAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,

@@ -59,15 +59,17 @@ from ._tl_helpers import (
     hedgehog_bwd,
     hedgehog_fwd,
     load_rows,
-    load_state,
+    load_segment_state,
     load_w2,
     load_w2t,
+    segment_chunks,
     store_rows,
 )
 from ._utils import (
     autotune_configs,
     block,
     check_chunk_size,
+    check_segment_chunks,
     check_same_dtype_device,
     check_tensor,
     dot_precision,
@@ -130,11 +132,11 @@ def linear_attn_fwd_kernel(
         i_h = (i_bh % H).to(tl.int64)
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)  # [BK, BF]
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
-    i_seg = i_bq * NSEG + i_s
-    b_S = load_state(s0 + i_seg * BF * BVS, BF, BVS, i_v * BV, BV)  # sum_j fk_j v_j^T, earlier chunks
-    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))  # sum_j fk_j
+    # sum_j fk_j v_j^T [BF, BV] and sum_j fk_j [BF] over the earlier segments
+    b_S, b_z = load_segment_state(s0, z0, i_bq * NSEG + i_s, BF, BVS, i_v * BV, BV)
     o_c = tl.arange(0, BT)
-    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
+    for i_t in range(t_lo, t_hi):
         o_t = i_t * BT + o_c
         m_t = o_t < T
         b_q = load_rows(q, o_t, m_t, K, BK)  # [BT, BK]
@@ -182,11 +184,11 @@ def linear_attn_bwd_dq_kernel(
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
         b_dwq = tl.zeros([BK, BF], dtype=tl.float32)
     i_seg = i_bq * NSEG + i_s
-    b_S = load_state(s0 + i_seg * BF * BV, BF, BV, 0, BV)
-    b_z = tl.load(z0 + i_seg * BF + tl.arange(0, BF))
+    b_S, b_z = load_segment_state(s0, z0, i_seg, BF, BV, 0, BV)
     o_c = tl.arange(0, BT)
     m_causal = o_c[:, None] >= o_c[None, :]
-    for i_t in range(i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))):
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
+    for i_t in range(t_lo, t_hi):
         o_t = i_t * BT + o_c
         m_t = o_t < T
         b_q = load_rows(q, o_t, m_t, K, BK)
@@ -254,12 +256,11 @@ def linear_attn_bwd_dkv_kernel(
         b_wkt = load_w2t(wk + i_h * K * FH, K, FH, BK, BF, DT)  # [BF, BK]
         b_dwk = tl.zeros([BK, BF], dtype=tl.float32)
     i_seg = i_bq * NSEG + i_s
-    b_P = load_state(p0 + i_seg * BF * BV, BF, BV, 0, BV)  # sum_{i in later chunks} fq_i dn_i^T
-    b_r = tl.load(r0 + i_seg * BF + tl.arange(0, BF))  # sum_{i in later chunks} dd_i fq_i
+    # sum_{i in later chunks} fq_i dn_i^T [BF, BV] and sum_{i in later chunks} dd_i fq_i [BF]
+    b_P, b_r = load_segment_state(p0, r0, i_seg, BF, BV, 0, BV)
     o_c = tl.arange(0, BT)
     m_causal = o_c[:, None] >= o_c[None, :]  # [i, j]: j <= i
-    t_lo = i_s * CPS
-    t_hi = tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))
+    t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     for i_r in range(t_hi - t_lo):
         i_t = t_hi - 1 - i_r
         o_t = i_t * BT + o_c
@@ -326,6 +327,17 @@ def _state_args(q, wq, sz):
                 prec=dot_precision(q.dtype), lowp=_lowp(q, wq, sz))  # fmt: skip
 
 
+def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
+    """(s0, z0, cps): the fp32 state each segment starts from, [B*H, NSEG, BF, BV] and [B*H, NSEG, BF] (an
+    exclusive prefix sum of per-segment key sums), and the chunks per segment."""
+    B, H, T, _ = q.shape
+    chunk_size = sz["BT"]
+    cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
+    bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
+    S, z = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
+    return exclusive_prefix(S), exclusive_prefix(z), cps
+
+
 def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
                     segment_chunks=None):  # fmt: skip
     """Launch the forward. q [B, H, T, K], k [B, KH, T, K] (features, or raw with wq/wk [H, K, f]);
@@ -333,10 +345,8 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
     B, H, T, _ = q.shape
     sz = _sizes(q, v, wq, chunk_size)
     GK, GV = H // k.shape[1], H // v.shape[1]
-    cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
-    bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
-    S, z = segment_states(k, wk, v, bounds, GX=GK, GY=GV, **_state_args(q, wq, sz))
-    s0, z0 = exclusive_prefix(S), exclusive_prefix(z)  # [B*H, NSEG, BF, BV], [B*H, NSEG, BF]
+    s0, z0, cps = _forward_states(q, k, v, wq, wk, sz, segment_chunks)
+    n_seg = s0.shape[1]
     BVS = sz.pop("BV")
     if block_v is None:  # split D only when the segments leave the GPU underfilled
         block_v = BVS if n_seg > 1 else 64
@@ -360,13 +370,7 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     hedgehog = wq is not None
     GK, GV = H // k.shape[1], H // v.shape[1]
     sargs = _state_args(q, wq, sz)
-    if states is None:
-        cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
-        S, z = segment_states(k, wk, v, _segment_bounds(T, chunk_size, cps, n_seg, q.device), GX=GK, GY=GV,
-                              **sargs)  # fmt: skip
-        s0, z0 = exclusive_prefix(S), exclusive_prefix(z)
-    else:
-        s0, z0, cps = states
+    s0, z0, cps = _forward_states(q, k, v, wq, wk, sz, segment_chunks) if states is None else states
     n_seg = s0.shape[1]
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
     den = q.new_empty(B, H, T, dtype=torch.float32)
@@ -446,9 +450,7 @@ def _check_common(v, eps, chunk_size, segment_chunks, **qk):
     if not (isinstance(eps, float) and eps >= 0.0):
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     check_chunk_size(chunk_size)
-    if segment_chunks is not None and (isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int)
-                                       or segment_chunks < 1):
-        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")
+    check_segment_chunks(segment_chunks)
 
 
 def linear_attn(
@@ -504,8 +506,10 @@ def hedgehog_linear_attn(
         # the fused kernels' backward holds three [K, 2f] projection tiles plus the [2f, D] state as dot
         # operands: at K = 128, f = 128 that is 280-320 KB of shared memory (compiled for sm_90), above
         # the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
-        fq = _hedgehog_torch(q, wq).to(v.dtype)  # [B, H, T, 2f]
-        fk = _hedgehog_torch(k.repeat_interleave(H // k.shape[1], dim=1), wk).to(v.dtype)
+        from lolcats_lab.feature_maps import hedgehog_phi  # the library's map, in fp32
+
+        fq = hedgehog_phi(q.float(), wq).to(v.dtype)  # [B, H, T, 2f]
+        fk = hedgehog_phi(k.float().repeat_interleave(H // k.shape[1], dim=1), wk).to(v.dtype)
         return LinearAttnFunction.apply(fq, fk, v.contiguous(), None, None, eps, chunk_size, segment_chunks)
     return LinearAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
@@ -518,8 +522,3 @@ def fused_hedgehog_fits(head_dim: int, feature_dim: int) -> bool:
     (f <= 64 at K <= 128); larger maps take the PyTorch map and the unfused kernel."""
     return block(head_dim) <= 128 and 2 * block(feature_dim) <= 128
 
-
-def _hedgehog_torch(x, w):
-    """phi(x) in PyTorch, fp32 (SPEC.md): x [B, H, T, K], w [H, K, f] -> [B, H, T, 2f]."""
-    z = torch.einsum("bhtk,hkf->bhtf", x.float(), w.float())
-    return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1).clamp(min=1e-12)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_w2
-from ._utils import autotune_configs
+from ._utils import autotune_configs, check_segment_chunks
 
 _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=8, num_stages=2),
@@ -102,8 +102,7 @@ def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segm
             sms = 4  # the CPU interpreter: a few segments, so tests exercise the multi-segment path
         n_seg = min(n_chunks, max(1, math.ceil(_PROGRAMS_PER_SM * sms / max(n_bh, 1))))
         segment_chunks = math.ceil(n_chunks / n_seg)
-    if isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int) or segment_chunks < 1:
-        raise ValueError(f"segment_chunks must be a positive int or None (automatic), got {segment_chunks!r}")
+    check_segment_chunks(segment_chunks)
     return segment_chunks, math.ceil(n_chunks / segment_chunks)
 
 

@@ -110,6 +110,19 @@ def _init_projection(weight: torch.Tensor, init: str) -> None:
             raise ValueError(f"init must be 'identity' or 'random', got {init!r}")
 
 
+def hedgehog_phi(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The Hedgehog map as a function (SPEC.md): x [B, H, T, D], weight [H, D, f] -> [B, H, T, 2f] in x's dtype,
+    clamp(concat(softmax(x W), softmax(-x W)), min=1e-12). :class:`HedgehogFeatureMap` and the Triton
+    kernels' unfused fallback (large f) both call it."""
+    w = weight.to(x.dtype)
+    f = w.shape[-1]
+    zz = torch.einsum("bhtd,hdf->bhtf", x, torch.cat([w, -w], dim=-1))  # [B, H, T, 2f] = [z, -z]
+    out = torch.softmax(zz.unflatten(-1, (2, f)), dim=-1).flatten(-2)  # [B, H, T, 2f]
+    # in place when autograd does not need softmax's output (3 ops in all: cheap on CPU)
+    inplace = not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+    return out.clamp_(min=HEDGEHOG_EPS) if inplace else out.clamp(min=HEDGEHOG_EPS)
+
+
 @register_feature_map("hedgehog")
 class HedgehogFeatureMap(FeatureMap):
     """Hedgehog (LoLCATs variant): z = x W_h, phi = clamp([softmax(z), softmax(-z)], min=1e-12).
@@ -129,12 +142,7 @@ class HedgehogFeatureMap(FeatureMap):
         _init_projection(self.weight, init)
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype)
-        zz = torch.einsum("bhtd,hdf->bhtf", x, torch.cat([w, -w], dim=-1))  # [B, H, T, 2f] = [z, -z]
-        out = torch.softmax(zz.unflatten(-1, (2, self.proj_dim)), dim=-1).flatten(-2)  # [B, H, T, 2f]
-        # in place when autograd does not need softmax's output (3 ops in all: cheap on CPU)
-        inplace = not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-        return out.clamp_(min=HEDGEHOG_EPS) if inplace else out.clamp(min=HEDGEHOG_EPS)
+        return hedgehog_phi(x, self.weight)
 
 
 @register_feature_map("linear_act")
