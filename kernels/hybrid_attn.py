@@ -67,7 +67,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_states, suffix_sum
+from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states
 
 HYBRID_EPS = 1e-12
 
@@ -119,29 +119,33 @@ def _fwd_step(
     k, v, fk, b_q, b_fq, o_i, j0, jend, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
     K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+    LIN: tl.constexpr, ARG: tl.constexpr,
 ):  # fmt: skip
-    """Add the key tile [j0, min(j0 + BT, jend)) to one query tile's running sums (online window max)."""
+    """Add the key tile [j0, min(j0 + BT, jend)) to one query tile's running sums (online window max).
+    LIN False: the caller knows no key of the tile is linear for these queries (the linear dots are
+    skipped); ARG False: the argmax is not needed (forward only)."""
     o_j = j0 + tl.arange(0, BT)
     m_j = o_j < jend
     b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
-    b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
     b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
     m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
     m_w = m_w & m_j[None, :]
-    m_l = m_l & m_j[None, :]
     b_s = tl.where(m_w, _dot(b_q, tl.trans(b_k), DT, PREC) * scale, float("-inf"))  # [BT, BT]
     t_max = tl.max(b_s, 1)
-    t_arg = tl.argmax(b_s, 1)
-    b_idx = tl.where(t_max > b_m, j0 + t_arg, b_idx)  # strict: the first maximiser wins
+    if ARG:
+        t_arg = tl.argmax(b_s, 1)
+        b_idx = tl.where(t_max > b_m, j0 + t_arg, b_idx)  # strict: the first maximiser wins
     m_new = tl.maximum(b_m, t_max)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(b_m - m_safe)  # exp(-inf) = 0 before the first window key
     b_p = tl.where(m_w, tl.exp(b_s - m_safe[:, None]), 0.0)  # [BT, BT]
     b_aw = b_aw * alpha[:, None] + _dot(b_p, b_v, DT, PREC)
     b_lw = b_lw * alpha + tl.sum(b_p, 1)
-    b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)  # [BT, BT]
-    b_al += _dot(b_a, b_v, DT, PREC)
-    b_ll += tl.sum(b_a, 1)
+    if LIN:
+        b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
+        b_a = tl.where(m_l & m_j[None, :], _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)  # [BT, BT]
+        b_al += _dot(b_a, b_v, DT, PREC)
+        b_ll += tl.sum(b_a, 1)
     return m_new, b_idx, b_aw, b_lw, b_al, b_ll
 
 
@@ -150,9 +154,12 @@ def _fwd_tile(
     k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
     K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+    WIN_ONLY: tl.constexpr, ARG: tl.constexpr,
 ):  # fmt: skip
     """One query tile: returns the window part (gamma sum e v [BT, BV], gamma sum e [BT]), the linear part
-    (sum a v incl. the state [BT, BV], sum a [BT]), M [BT] and the argmax [BT] int32; y = (nw + nl) / (dw + dl + eps)."""
+    (sum a v incl. the state [BT, BV], sum a [BT]), M [BT] and the argmax [BT] int32 (-1 unless ARG);
+    y = (nw + nl) / (dw + dl + eps). Sink tiles hold window keys only; so does the range [L0, c0 + BT)
+    when WIN_ONLY (see _meta)."""
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_idx = tl.full([BT], -1, dtype=tl.int32)
     b_aw = tl.zeros([BT, BV], dtype=tl.float32)  # window numerator, relative to the running max
@@ -163,12 +170,12 @@ def _fwd_tile(
     for j0 in range(0, n_sink, BT):
         b_m, b_idx, b_aw, b_lw, b_al, b_ll = _fwd_step(
             k, v, fk, b_q, b_fq, o_i, j0, n_sink, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT, False, ARG)  # fmt: skip
     kend = tl.minimum(c0 + BT, T)
     for j0 in range(L0, kend, BT):
         b_m, b_idx, b_aw, b_lw, b_al, b_ll = _fwd_step(
             k, v, fk, b_q, b_fq, o_i, j0, kend, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT, not WIN_ONLY, ARG)  # fmt: skip
     b_nl = b_al + _dot(b_fq, b_S, DT, PREC)  # [BT, BV]
     b_dl = b_ll + tl.sum(b_fq * b_z[None, :], 1)  # [BT]
     return gamma * b_aw, gamma * b_lw, b_nl, b_dl, tl.where(b_m == float("-inf"), 0.0, b_m), b_idx
@@ -188,14 +195,80 @@ def _advance_state(fk, v, b_S, b_z, lo, hi, NS, F: tl.constexpr, V: tl.constexpr
     return b_S, b_z
 
 
+@triton.jit
+def _dq_step(
+    k, v, fk, b_q, b_fq, b_dn, b_dd, b_m, b_dq, b_dfq, o_i, j0, jend, T, W, NS, scale, gamma,
+    K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+    LIN: tl.constexpr,
+):  # fmt: skip
+    """Add the key tile [j0, min(j0 + BT, jend)) to one query tile's (sum ds k without dM and scale,
+    dfq). LIN False: the tile holds window keys only for these queries; g = dn . v - dd then only weights
+    the window probabilities, as dP - D in FlashAttention's backward, and its dot takes half-precision
+    operands (DT); with linear keys it keeps fp32 operands (the linear gradient cancels, see linear_attn.py)."""
+    o_j = j0 + tl.arange(0, BT)
+    m_j = o_j < jend
+    b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
+    b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
+    m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+    m_w = m_w & m_j[None, :]
+    b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
+    b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
+    if LIN:
+        b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation
+        b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
+        b_dfq += _dot(tl.where(m_l & m_j[None, :], b_g, 0.0), b_fk, DT, PREC)
+    else:
+        b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]  # [BT, BT]
+    b_dq += _dot(b_e * b_g, b_k, DT, PREC)
+    return b_dq, b_dfq
+
+
+@triton.jit
+def _dkv_queries(
+    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS, scale, gamma,
+    K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
+    LIN: tl.constexpr,
+):  # fmt: skip
+    """Add the queries [c0, qend) to one key tile's (dk without scale, dfk, dv). LIN False: every pair is
+    a window pair (see _dq_step for the precision of g)."""
+    for i0 in range(c0, qend, BT):
+        o_i = i0 + tl.arange(0, BT)
+        m_i = o_i < qend
+        b_q = _rows(q, o_i, m_i, K, BK)
+        b_dn = _rows(do, o_i, m_i, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
+        b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)
+        b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
+        b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
+        b_dm = tl.load(dm + o_i, mask=m_i, other=0.0)
+        m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+        m_w = m_w & m_i[:, None]
+        b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT_i, BT_j]
+        b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
+        if LIN:
+            m_l = m_l & m_i[:, None]
+            b_fq = _rows(fq, o_i, m_i, F, BF)
+            b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)
+            b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation
+            b_dfk += _dot(tl.trans(tl.where(m_l, b_g, 0.0)), b_fq, DT, PREC)
+            b_dv += _dot(tl.trans(b_e + b_a), b_dn, DT, PREC)
+        else:
+            b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]
+            b_dv += _dot(tl.trans(b_e), b_dn, DT, PREC)
+        b_ds = b_e * b_g + tl.where(m_w & (o_j[None, :] == b_idx[:, None]), b_dm[:, None], 0.0)
+        b_dk += _dot(tl.trans(b_ds), b_q, DT, PREC)
+    return b_dk, b_dfk, b_dv
+
+
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_fwd_kernel(
     q, k, v, fq, fk, gam, s0, z0, o, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
     that turned linear before the segment. Writes y [B, H, T, D]."""
@@ -224,17 +297,17 @@ def hybrid_attn_fwd_kernel(
         b_fq = _rows(fq, o_i, m_i, F, BF)
         b_nw, b_dw, b_nl, b_dl, _, _ = _fwd_tile(
             k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, False)  # fmt: skip
         _store(o, (b_nw + b_nl) / (b_dw + b_dl + eps)[:, None], o_i, m_i, V, BV)
 
 
-@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dq_kernel(
     q, k, v, fq, fk, do, gam, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Forward scan of a segment: recompute each query tile, then dq, dfq; writes den, dd,
     M, argmax, dM."""
@@ -270,39 +343,26 @@ def hybrid_attn_bwd_dq_kernel(
         b_fq = _rows(fq, o_i, m_i, F, BF)  # [BT, BF]
         b_nw, b_dw, b_nl, b_dl, b_m, b_idx = _fwd_tile(
             k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT)  # fmt: skip
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, True)  # fmt: skip
         b_den = b_dw + b_dl + eps  # [BT]
         b_dn = _rows(do, o_i, m_i, V, BV) / b_den[:, None]  # [BT, BV]
         b_dd = -tl.sum(b_dn * (b_nw + b_nl), 1) / b_den  # [BT]
         # dM = -sum_W e g = -dn . (nw (dl + eps) - nl dw) / den: the same quantity written without the
         # cancellation between dn . v_j and dd (exactly 0 for rows whose keys are all window keys)
         b_dm = -tl.sum(b_dn * (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]), 1) / b_den
-        # second pass over the same keys: gradients
+        # second pass over the same keys: gradients (sink tiles: window keys only)
         b_dq = tl.zeros([BT, BK], dtype=tl.float32)
         b_dfq = tl.zeros([BT, BF], dtype=tl.float32)
         n_sink = tl.minimum(NS, L0)
+        for j0 in range(0, n_sink, BT):
+            b_dq, b_dfq = _dq_step(
+                k, v, fk, b_q, b_fq, b_dn, b_dd, b_m, b_dq, b_dfq, o_i, j0, n_sink, T, W, NS, scale, gamma,
+                K, F, V, BT, BK, BF, BV, TK, PREC, DT, False)  # fmt: skip
         kend = tl.minimum(c0 + BT, T)
-        n_sink_tiles = tl.cdiv(n_sink, BT)
-        for i_j in range(n_sink_tiles + tl.cdiv(kend - L0, BT)):
-            if i_j < n_sink_tiles:
-                j0 = i_j * BT
-                jend = n_sink
-            else:
-                j0 = L0 + (i_j - n_sink_tiles) * BT
-                jend = kend
-            o_j = j0 + tl.arange(0, BT)
-            m_j = o_j < jend
-            b_k = _rows(k, o_j, m_j, K, BK)
-            b_fk = _rows(fk, o_j, m_j, F, BF)
-            b_v = _rows(v, o_j, m_j, V, BV)
-            m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
-            m_w = m_w & m_j[None, :]
-            m_l = m_l & m_j[None, :]
-            b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
-            b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
-            b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation  # [BT, BT]
-            b_dq += _dot(b_e * b_g, b_k, DT, PREC)
-            b_dfq += _dot(tl.where(m_l, b_g, 0.0), b_fk, DT, PREC)
+        for j0 in range(L0, kend, BT):
+            b_dq, b_dfq = _dq_step(
+                k, v, fk, b_q, b_fq, b_dn, b_dd, b_m, b_dq, b_dfq, o_i, j0, kend, T, W, NS, scale, gamma,
+                K, F, V, BT, BK, BF, BV, TK, PREC, DT, not WIN_ONLY)  # fmt: skip
         b_kmax = _rows(k, b_idx, m_i & (b_idx >= 0), K, BK)  # [BT, BK]: k at each row's argmax (gathered)
         b_dq = (b_dq + b_dm[:, None] * b_kmax) * scale
         b_dfq += _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :]
@@ -315,13 +375,13 @@ def hybrid_attn_bwd_dq_kernel(
         tl.store(dm + o_i, b_dm, mask=m_i)
 
 
-@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV"])
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dkv_kernel(
     q, k, v, fq, fk, do, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Reverse scan over one segment's key tiles: dk, dfk, dv. (p0, r0): the reverse state
     of the queries >= Q1 of the segment's last tile (see _reverse_start)."""
@@ -372,40 +432,36 @@ def hybrid_attn_bwd_dkv_kernel(
             qend = Q1
             b_dfk += _dot(b_v, tl.trans(b_P), DT, PREC) + b_r[None, :]
             b_dv += _dot(b_fk, b_P, DT, PREC)
-        for i0 in range(c0, qend, BT):
-            o_i = i0 + tl.arange(0, BT)
-            m_i = o_i < qend
-            b_q = _rows(q, o_i, m_i, K, BK)
-            b_fq = _rows(fq, o_i, m_i, F, BF)
-            b_dn = _rows(do, o_i, m_i, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
-            b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)
-            b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
-            b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
-            b_dm = tl.load(dm + o_i, mask=m_i, other=0.0)
-            m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
-            m_w = m_w & m_i[:, None]
-            m_l = m_l & m_i[:, None]
-            b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT_i, BT_j]
-            b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
-            b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)
-            b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation
-            b_ds = b_e * b_g + tl.where(m_w & (o_j[None, :] == b_idx[:, None]), b_dm[:, None], 0.0)
-            b_dk += _dot(tl.trans(b_ds), b_q, DT, PREC)
-            b_dfk += _dot(tl.trans(tl.where(m_l, b_g, 0.0)), b_fq, DT, PREC)
-            b_dv += _dot(tl.trans(b_e + b_a), b_dn, DT, PREC)
+        if WIN_ONLY:  # a sink tile (c0 < NS) is the one case with linear keys: visited by far queries
+            if c0 < NS:
+                b_dk, b_dfk, b_dv = _dkv_queries(
+                    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                    scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, True)  # fmt: skip
+            else:
+                b_dk, b_dfk, b_dv = _dkv_queries(
+                    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                    scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, False)  # fmt: skip
+        else:
+            b_dk, b_dfk, b_dv = _dkv_queries(
+                q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, True)  # fmt: skip
         _store(dk, b_dk * scale, o_j, m_j, K, BK)
         _store(dfk, b_dfk, o_j, m_j, F, BF)
         _store(dv, b_dv, o_j, m_j, V, BV)
 
 
 # ----------------------------------------------------------------------------------------------- launchers
-def _meta(q, k, fq, v, kind, chunk_size):
+def _meta(q, k, fq, v, kind, window, chunk_size):
+    """Compile-time arguments. WIN_ONLY: tk with tiles dividing the window, where every query tile's
+    own key range [L0, c0 + BT) and every key tile's query range [c0, Q1) hold window pairs only (a tile
+    lies in one block b = c0 // w, whose window is blocks b - 1 and b), so the kernels skip those ranges'
+    linear dots; only sink key tiles still mix both kinds."""
     K, F, V = q.shape[-1], fq.shape[-1], v.shape[-1]
     H = q.shape[1]
     return dict(
         H=H, GK=H // k.shape[1], GV=H // v.shape[1], K=K, F=F, V=V,
         BT=chunk_size, BK=block(K), BF=block(F), BV=block(V), TK=kind == "tk", PREC=dot_precision(q.dtype),
-        LOWP=q.dtype != torch.float32,
+        LOWP=q.dtype != torch.float32, WIN_ONLY=kind == "tk" and window % chunk_size == 0,
     )  # fmt: skip
 
 
@@ -449,7 +505,7 @@ def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, c
         fk, None, v, bounds, H=meta["H"], GX=1, GY=meta["GV"], FH=0, BT=chunk_size, BK=meta["BF"],
         BF=meta["BF"], BV=meta["BV"], prec=meta["PREC"], lowp=meta["LOWP"],
     )  # fmt: skip
-    return exclusive_prefix(S), exclusive_prefix(z)
+    return scan_segments_(S, reverse=False, inclusive=False), scan_segments_(z, reverse=False, inclusive=False)
 
 
 def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
@@ -457,7 +513,7 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
     """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D] and the segment
     start states (s0, z0, cps) for the backward."""
     B, H, T, _ = q.shape
-    meta = _meta(q, k, fq, v, kind, chunk_size)
+    meta = _meta(q, k, fq, v, kind, window, chunk_size)
     cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
     s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
                              chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
@@ -473,7 +529,7 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
     (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
     B, H, T, _ = q.shape
-    meta = _meta(q, k, fq, v, kind, chunk_size)
+    meta = _meta(q, k, fq, v, kind, window, chunk_size)
     GK, GV = meta["GK"], meta["GV"]
     if states is None:
         cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
@@ -498,7 +554,7 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
         fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
         prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd,
     )  # fmt: skip
-    p0, r0 = suffix_sum(P, inclusive=True), suffix_sum(r, inclusive=True)
+    p0, r0 = scan_segments_(P, reverse=True, inclusive=True), scan_segments_(r, reverse=True, inclusive=True)
     hybrid_attn_bwd_dkv_kernel[(n_seg, B * H)](
         q, k, v, fq, fk, do, gamma, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale,
         n_seg, CPS=cps, **meta,

@@ -20,9 +20,10 @@ grouped-query heads are read in place, query head h using key/value head h // (H
              layouts reject for dot results).
     output y [B, H, T, D] in v's dtype.
 
-Precision: accumulation and the state are fp32 everywhere. Dot operands are exact fp32 ("ieee") for fp32
-inputs; for fp16/bf16 inputs every dot operand (features, state, projection) is cast to the input's half
-type ("LOWP", as FlashAttention and fla do), which halves the shared memory the operands take and runs
+Precision: accumulation and the state are fp32 everywhere. Dot operands are fp32 for fp32 inputs (exact
+"ieee" in the interpreter, three-TF32 "tf32x3" on the GPU: _utils.dot_precision); for fp16/bf16 inputs
+every dot operand (features, state, projection) is cast to the input's half type ("LOWP", as
+FlashAttention and fla do), which halves the shared memory the operands take and runs
 on the half-precision tensor cores at twice the TF32 rate. One dot keeps fp32 operands (TF32): dn . v
 in dA = dn . v + dd, whose two terms cancel (dA_ij = dn_i . (v_j - y_i)), so their rounding would
 dominate the gradient of the features.
@@ -74,7 +75,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .segments import bounds_tensor, exclusive_prefix, plan_segments, segment_states, suffix_sum
+from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states
 
 LINEAR_EPS = 1e-12
 
@@ -335,7 +336,7 @@ def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
     cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
     S, z = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
-    return exclusive_prefix(S), exclusive_prefix(z), cps
+    return scan_segments_(S, reverse=False, inclusive=False), scan_segments_(z, reverse=False, inclusive=False), cps
 
 
 def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
@@ -390,7 +391,7 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     )
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     P, r = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
-    p0, r0 = suffix_sum(P, inclusive=False), suffix_sum(r, inclusive=False)
+    p0, r0 = scan_segments_(P, reverse=True, inclusive=False), scan_segments_(r, reverse=True, inclusive=False)
     linear_attn_bwd_dkv_kernel[(n_seg, B * H)](
         q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, dwk if hedgehog else den, T, n_seg, **common
     )

@@ -13,6 +13,7 @@ import torch
 
 from lolcats_lab.attention.hybrid import naive_hybrid_attn
 from lolcats_lab.kernels import triton_hybrid_attn
+from lolcats_lab.kernels.hybrid_attn import _meta
 from tests.tolerances import TOLERANCES, check_close, rel_rms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,13 +99,16 @@ def test_hybrid_matches_naive_fp16(kind):
 
 @pytest.mark.parametrize(
     "kind,window,sinks,segment_chunks",
-    [("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1), ("sw", 37, 3, 1)],
-)
+    [("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1), ("sw", 37, 3, 1),
+     ("tk", 32, 20, 2), ("tk", 16, 0, 3)],
+)  # fmt: skip
 def test_hybrid_segments_match_naive(kind, window, sinks, segment_chunks):
     """The sequence cut into segments (each starting from a prefix-summed linear state, the dk/dv scan from
     a suffix-summed reverse state) equals the reference: 150 tokens in 10 tiles of 16; windows shorter and
-    longer than a tile and than a segment; sinks reaching past the first segment."""
+    longer than a tile and than a segment; sinks reaching past the first segment. tk windows 32 and 16 take
+    the kernels' window-only tile path (tiles dividing the window), with sinks spanning two tiles."""
     xs, do = make_inputs(2, 2, 150, 12, 10, 9, torch.float32, q_scale=3.0, seed=3)
+    assert _meta(*xs[:2], xs[3], xs[2], kind, window, 16)["WIN_ONLY"] == (kind == "tk" and window % 16 == 0)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)
     y_ref, g_ref = run_with_grads(lambda *x: naive_hybrid_attn(*x, **cfg), xs, do)
     y, g = run_with_grads(
@@ -198,6 +202,7 @@ def test_hybrid_bad_inputs():
     "kind,window,sinks,dtype",
     [("tk", 64, 0, torch.bfloat16), ("sw", 64, 0, torch.bfloat16), ("tk", 128, 4, torch.bfloat16),
      ("tk", 64, 0, torch.float32)],
+    ids=["tk-bf16", "sw-bf16", "tk128-sinks-bf16", "tk-fp32"],
 )  # fmt: skip
 def test_gpu_hybrid_large(kind, window, sinks, dtype):
     """Issue targets: outputs within 5e-3 relative RMS, gradients within 1e-2 (K = D = F = 128)."""

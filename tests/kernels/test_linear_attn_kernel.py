@@ -323,7 +323,7 @@ def test_cpu_tensor_without_interpreter_is_rejected(monkeypatch):
 # --------------------------------------------------------------------------------------- GPU (bf16, large)
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1000, 2048])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_gpu_linear_attn_large(T, dtype):
     """Issue targets: outputs within 5e-3 relative RMS, gradients within 1e-2 (D = F = 128, 4 heads)."""
     inputs, do = make_inputs(1, 4, T, 128, 128, dtype)
@@ -335,7 +335,7 @@ def test_gpu_linear_attn_large(T, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_gpu_hedgehog_fused_large(dtype):
     B, H, T, K, f = 1, 4, 2048, 128, 64
     g = torch.Generator().manual_seed(0)

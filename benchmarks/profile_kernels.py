@@ -1,0 +1,87 @@
+"""Where the time of one forward+backward goes: GPU time per kernel vs the host's wall time.
+
+For each op (linear on features, fused Hedgehog f=64, hybrid tk; the bench_attention.py shapes: bf16, batch 1,
+32 heads, head dim 128, 128 features) and length, one fwd+bwd runs under ``torch.profiler`` after warm-up.
+Printed and written as JSON: each kernel's summed device time, the sum over kernels, and the wall time of
+the same call measured with CUDA events. When the wall time is well above the kernel sum the op is bound by
+launch overhead (Python, autotune lookup, argument checks), not by its kernels.
+
+    python benchmarks/profile_kernels.py --lengths 1024 16384 --out benchmarks/results/profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_attention import environment, make_providers  # noqa: E402
+
+OPS = ("triton_linear", "triton_hedgehog_f64", "triton_hybrid_tk", "sdpa")
+
+
+def profile_one(make, fn, T):
+    from torch.profiler import ProfilerActivity, profile
+
+    xs = [x.requires_grad_() if x.is_floating_point() else x for x in make(T)]
+    do = torch.randn_like(fn(*xs))
+
+    def run():
+        for x in xs:
+            x.grad = None
+        fn(*xs).backward(do)
+
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = 20
+    start.record()
+    for _ in range(reps):
+        run()
+    end.record()
+    torch.cuda.synchronize()
+    wall_ms = start.elapsed_time(end) / reps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if t and ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[ev.key] = kernels.get(ev.key, 0.0) + t / 1e3  # ms
+    return wall_ms, dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=int, nargs="*", default=[1024, 16384])
+    ap.add_argument("--ops", nargs="*", default=list(OPS))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_kernels.py needs a CUDA GPU; nothing to do here.")
+        return 0
+    P = make_providers()
+    rows = []
+    for name in args.ops:
+        make, fn, _ = P[name]
+        for T in args.lengths:
+            wall, kernels = profile_one(make, fn, T)
+            total = sum(kernels.values())
+            rows.append(dict(op=name, T=T, wall_ms=wall, kernel_sum_ms=total, kernels_ms=kernels))
+            print(f"{name:<22} T={T:>6} wall {wall:8.3f} ms  kernels {total:8.3f} ms")
+            for k, ms in list(kernels.items())[:8]:
+                print(f"    {ms:8.3f} ms  {k[:100]}")
+    if args.out:
+        args.out.write_text(json.dumps(dict(env=environment(), rows=rows), indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

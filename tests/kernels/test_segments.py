@@ -1,0 +1,64 @@
+"""The segment machinery of the chunked kernels (kernels/segments.py): the in-place scan kernel against its
+PyTorch references, and the auto segment plan's limits. Runs under the Triton interpreter on CPU."""
+
+import pytest
+import torch
+
+from lolcats_lab.kernels.segments import (
+    _MIN_SEGMENT_TOKENS,
+    exclusive_prefix,
+    plan_segments,
+    scan_segments_,
+    suffix_sum,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def naive_scan(t, reverse, inclusive):
+    """Written out with a Python loop over segments (independent of both implementations)."""
+    out = torch.zeros_like(t)
+    n = t.shape[1]
+    for s in range(n):
+        idx = [j for j in range(n) if (j > s if reverse else j < s) or (inclusive and j == s)]
+        if idx:
+            out[:, s] = t[:, idx].sum(1)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 5, 7), (2, 4, 16), (1, 5, 3, 40), (2, 3, 1100)], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["prefix", "suffix"])
+@pytest.mark.parametrize("inclusive", [False, True], ids=["exclusive", "inclusive"])
+def test_scan_kernel_matches_references(shape, reverse, inclusive):
+    """fp32 sums of up to 5 terms: the kernel, the PyTorch reference and the loop agree to 1e-6 (a wrong
+    direction, an off-by-one or a skipped element is off by O(1)); (2, 3, 1100) covers several column blocks
+    with a partial last one."""
+    g = torch.Generator().manual_seed(sum(shape))
+    t = torch.randn(*shape, generator=g).to(DEVICE)
+    want = naive_scan(t, reverse, inclusive)
+    ref = suffix_sum(t, inclusive=inclusive) if reverse else (t.cumsum(1) if inclusive else exclusive_prefix(t))
+    torch.testing.assert_close(ref, want, rtol=0, atol=1e-6)
+    got = scan_segments_(t.clone(), reverse=reverse, inclusive=inclusive)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_scan_is_in_place():
+    t = torch.arange(12, dtype=torch.float32, device=DEVICE).reshape(1, 3, 4)
+    out = scan_segments_(t, reverse=False, inclusive=False)
+    assert out.data_ptr() == t.data_ptr()
+    torch.testing.assert_close(t[0, 2], torch.tensor([4.0, 6.0, 8.0, 10.0], device=DEVICE))
+
+
+def test_plan_respects_explicit_segment_chunks():
+    assert plan_segments(1000, 32, 4, torch.device("cpu"), segment_chunks=5) == (5, 7)  # 32 chunks in 7 segments
+    with pytest.raises(ValueError, match="segment_chunks"):
+        plan_segments(1000, 32, 4, torch.device("cpu"), segment_chunks=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU plan reads the multiprocessor count")
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [64, 1024, 4096, 65536])
+def test_gpu_plan_keeps_segments_long(T):
+    cps, n_seg = plan_segments(T, 32, 32, torch.device("cuda"))
+    assert n_seg == 1 or cps * 32 >= _MIN_SEGMENT_TOKENS
+    assert (n_seg - 1) * cps * 32 < T <= n_seg * cps * 32
