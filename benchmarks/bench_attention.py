@@ -16,7 +16,7 @@ Providers (forward "fwd" and forward+backward "fwd+bwd", bf16, batch 1, 32 heads
     triton_hedgehog   same with the Hedgehog map fused (f = 64 -> F = 128; and f = 128 -> F = 256)
     fla_chunk         fla.ops.linear_attn.chunk_linear_attn on precomputed features (if fla is installed)
     fla_hedgehog      PyTorch Hedgehog phi (f = 128, F = 256) then fla chunk_linear_attn
-    triton_hybrid_tk  lolcats_lab.kernels hybrid attention, tk window 64, F = 128
+    triton_hybrid_tk  lolcats_lab.kernels hybrid attention, tk window 64, F = 128 (triton_hybrid_tk_c64: 64-token tiles)
     naive_hybrid      lolcats_lab.attention.hybrid.naive_hybrid_attn (quadratic, LoLCATs-reference style)
 Decode (batch 16, 32 heads, D = F = 128, tk window 64): one step of the Triton kernel vs the
 memory-bandwidth bound (state read + written, window keys/values read) and fla's fused recurrent step.
@@ -95,6 +95,8 @@ def make_providers():
                                  lambda q, k, v, wq, wk: naive_linear_attn(hedgehog_phi(q, wq), hedgehog_phi(k, wk), v)),
         "triton_hybrid_tk": (hybrid_inputs, lambda *x: triton_hybrid_attn(*x, window=WINDOW, kind="tk"),
                              lambda *x: naive_hybrid_attn(*x, window=WINDOW, kind="tk")),
+        "triton_hybrid_tk_c64": (hybrid_inputs, lambda *x: triton_hybrid_attn(*x, window=WINDOW, kind="tk", chunk_size=64),
+                                 lambda *x: naive_hybrid_attn(*x, window=WINDOW, kind="tk")),
         "naive_hybrid_tk": (hybrid_inputs, lambda *x: naive_hybrid_attn(*x, window=WINDOW, kind="tk"),
                             lambda *x: naive_hybrid_attn(*x, window=WINDOW, kind="tk")),
     }  # fmt: skip

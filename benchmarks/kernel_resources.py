@@ -89,15 +89,16 @@ def cases(chunk: int):
         ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
                   PREC="tf32", LOWP=True)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
-        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, ce
-        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, ce
+        bwd = dict(ce, GW=2 * f if f else K)
+        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
+        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
         yield f"{label} segment state", sg.segment_state_kernel, dict(
             H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
             PREC="tf32", LOWP=True,
         )  # fmt: skip
     for F in (128, 256):
         ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
-                  LOWP=True)  # fmt: skip
+                  LOWP=True, WIN_ONLY=True)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)
         yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, ce
         yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce
         yield f"hybrid F={F} bwd dk/dv", ha.hybrid_attn_bwd_dkv_kernel, ce

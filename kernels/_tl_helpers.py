@@ -81,16 +81,6 @@ def load_w2(p, K: tl.constexpr, FH: tl.constexpr, BK: tl.constexpr, BF: tl.const
 
 
 @triton.jit
-def load_w2t(p, K: tl.constexpr, FH: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, DT):
-    """W2 transposed, [BF, BK] (see load_w2); loaded directly rather than through tl.trans."""
-    o_k, o_c = tl.arange(0, BK), tl.arange(0, BF)
-    sign = tl.where(o_c % 2 == 0, 1.0, -1.0)
-    m_c = (o_c // 2) < FH
-    b_w = tl.load(p + o_k[None, :] * FH + (o_c // 2)[:, None], mask=m_c[:, None] & (o_k < K)[None, :], other=0.0)
-    return (b_w.to(tl.float32) * sign[:, None]).to(DT)  # [BF, BK]
-
-
-@triton.jit
 def hedgehog_fwd(b_x, b_w2, m_t, FH: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):
     """phi(x) for a tile: b_x [BT, BK], b_w2 [BK, BF] (see load_w2) -> (phi [BT, BF], softmaxes [BT, BF]).
 
@@ -114,19 +104,15 @@ def hedgehog_fwd(b_x, b_w2, m_t, FH: tl.constexpr, BF: tl.constexpr, PREC: tl.co
 
 
 @triton.jit
-def hedgehog_bwd(b_x, b_w2t, b_dphi, b_p, BF: tl.constexpr, PREC: tl.constexpr):
-    """Back through phi: d phi [BT, BF] -> (dx [BT, BK], dW2 [BK, BF]) for this tile; b_w2t is W2^T [BF, BK].
-
-    The clamp passes gradient where softmax >= 1e-12; softmax backward per parity is p (g - sum(g p)).
-    W = W2[:, 0::2] = -W2[:, 1::2], so dW = dW2[:, 0::2] - dW2[:, 1::2] (reduced by the launcher).
-    """
+def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr):
+    """Back through the two softmaxes and the clamp of phi: d phi [BT, BF] -> dz [BT, BF], the gradient of
+    z2 = x W2 (interleaved, see load_w2). The clamp passes gradient where softmax >= 1e-12; softmax
+    backward per parity is p (g - sum(g p)). The projection's own backward (dx = dz W2^T, dW2 = x^T dz)
+    is left to the launcher: as GEMMs over the whole sequence they keep two [K, F] matrices out of the
+    kernels' registers. With W = W2[:, 0::2] = -W2[:, 1::2], d/d(x W) = dz[:, 0::2] - dz[:, 1::2]."""
     m_even = (tl.arange(0, BF) % 2 == 0)[None, :]
     b_g = tl.where(b_p >= PHI_MIN, b_dphi, 0.0)
     b_h = b_g * b_p
     s_e = tl.sum(tl.where(m_even, b_h, 0.0), 1)
     s_o = tl.sum(tl.where(m_even, 0.0, b_h), 1)
-    b_dz = b_p * (b_g - tl.where(m_even, s_e[:, None], s_o[:, None]))  # d/d(x W2)   [BT, BF]
-    b_dzl = b_dz.to(b_w2t.dtype)  # the projection's dtype: fp32, or the input's half type (see load_w2)
-    b_dx = tl.dot(b_dzl, b_w2t, input_precision=PREC)  # [BT, BK]
-    b_dw = tl.dot(tl.trans(b_x.to(b_w2t.dtype)), b_dzl, input_precision=PREC)  # [BK, BF]
-    return b_dx, b_dw
+    return b_p * (b_g - tl.where(m_even, s_e[:, None], s_o[:, None]))  # [BT, BF]

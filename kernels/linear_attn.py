@@ -42,8 +42,10 @@ Backward (dn_i = dy_i / den_i, dd_i = -dn_i . y_i, and dA_ij = dn_i . v_j + dd_i
 with the reverse states P_j = sum_{i>=j} fq_i dn_i^T [F, D] and r_j = sum_{i>=j} dd_i fq_i [F], started
 per segment from a suffix sum of per-segment reverse states (segments.py, reverse mode). Kernel 1
 recomputes the forward (only the inputs and the segment start states are saved) and writes den and dd ([B, H, T] fp32) for
-kernel 2. With the fused map both kernels recompute phi and back-propagate through the softmaxes, writing
-dq / dk and per-(batch, head) partial dW that are summed over the batch in PyTorch.
+kernel 2. With the fused map both kernels recompute phi and back-propagate through the softmaxes, writing the
+gradient of the projection's output z2 = x W2 ([B, H, T, 2f]); the projection's backward (dx = dz W^T,
+dW = x^T dz) then runs as two GEMMs over the whole sequence (:func:`hedgehog_project_back`): accumulating dW
+in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled.
 """
 
 from __future__ import annotations
@@ -57,12 +59,11 @@ import triton.language as tl
 from ._tl_helpers import (
     dot,
     head_offsets,
-    hedgehog_bwd,
+    hedgehog_dz,
     hedgehog_fwd,
     load_rows,
     load_segment_state,
     load_w2,
-    load_w2t,
     segment_chunks,
     store_rows,
 )
@@ -158,32 +159,29 @@ def linear_attn_fwd_kernel(
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dq_kernel(
-    q, k, v, do, wq, wk, s0, z0, dq, dwq, den, dd, T, eps, NSEG,
+    q, k, v, do, wq, wk, s0, z0, dq, den, dd, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
-    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Forward scan of one segment, grid (NSEG, B*H): recompute y, write den, dd [B, H, T] and dq (dfq, or
-    dq and this program's partial dWq)."""
+    """Forward scan of one segment, grid (NSEG, B*H): recompute y, write den, dd [B, H, T] and dq [B, H, T,
+    GW]: dfq (GW = F), or with the fused map the gradient of z2 = q W2 (GW = 2f; see hedgehog_dz)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
     q += i_bq * T * K
     k += i_bk * T * K
-    dq += i_bq * T * K
+    dq += i_bq * T * GW
     v += i_bv * T * V
     do += i_bq * T * V
     den += i_bq * T
     dd += i_bq * T
     b_wq = q  # placeholders when not HEDGEHOG
     b_wk = q
-    b_wqt = q
     if HEDGEHOG:
         i_h = (i_bh % H).to(tl.int64)
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)  # [BK, BF]
-        b_wqt = load_w2t(wq + i_h * K * FH, K, FH, BK, BF, DT)  # [BF, BK]
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
-        b_dwq = tl.zeros([BK, BF], dtype=tl.float32)
     i_seg = i_bq * NSEG + i_s
     b_S, b_z = load_segment_state(s0, z0, i_seg, BF, BV, 0, BV)
     o_c = tl.arange(0, BT)
@@ -211,37 +209,29 @@ def linear_attn_bwd_dq_kernel(
             + b_dd[:, None] * b_z[None, :]
         )  # [BT, BF]
         if HEDGEHOG:
-            b_dq, b_dw = hedgehog_bwd(b_q, b_wqt, tl.where(m_t[:, None], b_dfq, 0.0), b_pq, BF, PREC)
-            b_dwq += b_dw
-            store_rows(dq, b_dq, o_t, m_t, K, BK)
-        else:
-            store_rows(dq, b_dfq, o_t, m_t, K, BK)
+            b_dfq = hedgehog_dz(b_dfq, b_pq, BF)  # [BT, BF]
+        store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
-    if HEDGEHOG:
-        o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)  # partial dW2 [K, 2f] of this (batch, head, segment)
-        tl.store(
-            dwq + i_seg * K * 2 * FH + o_k[:, None] * 2 * FH + o_f[None, :], b_dwq,
-            mask=(o_k < K)[:, None] & (o_f < 2 * FH)[None, :],
-        )
 
 
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dkv_kernel(
-    q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, dwk, T, NSEG,
+    q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
-    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
-    segments: dk (dfk, or dk and this program's partial dWk) and dv, from den, dd of the dq kernel."""
+    segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z2 = k W2 with the fused
+    map), from den, dd of the dq kernel."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
     q += i_bq * T * K
     k += i_bk * T * K
-    dk += i_bq * T * K
+    dk += i_bq * T * GW
     v += i_bv * T * V
     do += i_bq * T * V
     dv += i_bq * T * V
@@ -249,13 +239,10 @@ def linear_attn_bwd_dkv_kernel(
     dd += i_bq * T
     b_wq = q  # placeholders when not HEDGEHOG
     b_wk = q
-    b_wkt = q
     if HEDGEHOG:
         i_h = (i_bh % H).to(tl.int64)
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
-        b_wkt = load_w2t(wk + i_h * K * FH, K, FH, BK, BF, DT)  # [BF, BK]
-        b_dwk = tl.zeros([BK, BF], dtype=tl.float32)
     i_seg = i_bq * NSEG + i_s
     # sum_{i in later chunks} fq_i dn_i^T [BF, BV] and sum_{i in later chunks} dd_i fq_i [BF]
     b_P, b_r = load_segment_state(p0, r0, i_seg, BF, BV, 0, BV)
@@ -284,19 +271,10 @@ def linear_attn_bwd_dkv_kernel(
         b_dv = dot(tl.trans(b_A), b_dn, DT, PREC) + dot(b_fk, b_P, DT, PREC)
         store_rows(dv, b_dv, o_t, m_t, V, BV)
         if HEDGEHOG:
-            b_dk, b_dw = hedgehog_bwd(b_k, b_wkt, tl.where(m_t[:, None], b_dfk, 0.0), b_pk, BF, PREC)
-            b_dwk += b_dw
-            store_rows(dk, b_dk, o_t, m_t, K, BK)
-        else:
-            store_rows(dk, b_dfk, o_t, m_t, K, BK)
+            b_dfk = hedgehog_dz(b_dfk, b_pk, BF)  # [BT, BF]
+        store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)
         b_r += tl.sum(b_dd[:, None] * b_fq, 0)
-    if HEDGEHOG:
-        o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)  # partial dW2 [K, 2f] of this (batch, head, segment)
-        tl.store(
-            dwk + i_seg * K * 2 * FH + o_k[:, None] * 2 * FH + o_f[None, :], b_dwk,
-            mask=(o_k < K)[:, None] & (o_f < 2 * FH)[None, :],
-        )
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -376,34 +354,47 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
     den = q.new_empty(B, H, T, dtype=torch.float32)
     dd = q.new_empty(B, H, T, dtype=torch.float32)
+    # dq / dk rows: dfq / dfk (GW = F), or with the fused map d z2 (GW = 2f), projected back below.
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
-    dq = torch.empty_like(q)
-    dk = q.new_empty(B, H, T, K, dtype=torch.float32 if GK > 1 else k.dtype)
+    GW = 2 * sz["FH"] if hedgehog else K
+    dq = q.new_empty(B, H, T, GW)
+    dk = q.new_empty(B, H, T, GW, dtype=torch.float32 if (GK > 1 and not hedgehog) else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
-    # per (b, h, segment) partial dW2
-    dwq = q.new_empty(B, H, n_seg, K, 2 * sz["FH"], dtype=torch.float32) if hedgehog else None
-    dwk = torch.empty_like(dwq) if hedgehog else None
-    common = dict(H=H, GK=GK, GV=GV, CPS=cps, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
+    common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
-    linear_attn_bwd_dq_kernel[(n_seg, B * H)](
-        q, k, v, do, wq_, wk_, s0, z0, dq, dwq if hedgehog else den, den, dd, T, eps, n_seg, **common
-    )
+    linear_attn_bwd_dq_kernel[(n_seg, B * H)](q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     P, r = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
     p0, r0 = scan_segments_(P, reverse=True, inclusive=False), scan_segments_(r, reverse=True, inclusive=False)
-    linear_attn_bwd_dkv_kernel[(n_seg, B * H)](
-        q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, dwk if hedgehog else den, T, n_seg, **common
-    )
-    if GK > 1:
-        dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
+    linear_attn_bwd_dkv_kernel[(n_seg, B * H)](q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]
-    if hedgehog:
-        # W2 = (w_0, -w_0, w_1, -w_1, ...): dW = dW2[..., 0::2] - dW2[..., 1::2], summed over batch, segments
-        dwq = (dwq[..., 0::2] - dwq[..., 1::2]).sum((0, 2)).to(wq.dtype)  # [H, K, f]
-        dwk = (dwk[..., 0::2] - dwk[..., 1::2]).sum((0, 2)).to(wk.dtype)
+    if not hedgehog:
+        if GK > 1:
+            dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
+        return dq, dk, dv, None, None
+    dq, dwq = hedgehog_project_back(dq, q, wq)
+    dk, dwk = hedgehog_project_back(dk, k, wk)
     return dq, dk, dv, dwq, dwk
+
+
+def hedgehog_project_back(dz2, x, w):
+    """The Hedgehog projection's backward as two GEMMs over the whole sequence (cuBLAS on the GPU).
+
+    dz2 [B, H, T, 2f]: the gradient of z2 = x W2 from the kernels (interleaved, see load_w2); x [B, XH, T, K]
+    (XH dividing H: grouped-query keys, shared by H / XH query heads), w [H, K, f]. With z = x w,
+    dz = dz2[..., 0::2] - dz2[..., 1::2]; returns dx = sum over each head group of dz w^T [B, XH, T, K] (x's
+    dtype) and dw = sum_b x^T dz [H, K, f] (w's dtype)."""
+    B, H, T, _ = dz2.shape
+    XH, K, f = x.shape[1], x.shape[-1], w.shape[-1]
+    G = H // XH
+    dz = dz2[..., 0::2] - dz2[..., 1::2]  # [B, H, T, f] in x's dtype (one rounding of the difference)
+    dz_g = dz.view(B, XH, G, T, f)
+    w_g = w.to(x.dtype).view(XH, G, K, f)
+    dx = torch.einsum("bngtf,ngkf->bntk", dz_g, w_g)  # [B, XH, T, K], summed over the G heads in the GEMM
+    dw = torch.einsum("bntk,bngtf->ngkf", x, dz_g).reshape(H, K, f)  # [H, K, f]
+    return dx.to(x.dtype), dw.to(w.dtype)
 
 
 class LinearAttnFunction(torch.autograd.Function):
@@ -482,7 +473,7 @@ def hedgehog_linear_attn(
 
     Equals ``naive_linear_attn(phi_q(q), phi_k(k), v)`` with phi(x) = clamp(concat(softmax(x W_h),
     softmax(-x W_h)), min=1e-12) (SPEC.md), without writing phi(q), phi(k) to memory when the map is small
-    enough to fuse (:func:`fused_hedgehog_fits`: f <= 64 at head dim <= 128); otherwise phi is computed in
+    enough to fuse (:func:`fused_hedgehog_fits`: f <= 64 at head dim <= 128 in bf16); otherwise phi is computed in
     PyTorch and the unfused kernel runs (the fused backward would exceed an H100's shared memory).
 
     Args:
@@ -503,7 +494,7 @@ def hedgehog_linear_attn(
             raise ValueError(f"{name} is on {w.device} but q is on {q.device}; move them to one device")
     if wq.shape != wk.shape:
         raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
-    if not fused_hedgehog_fits(K, wq.shape[-1]):
+    if not fused_hedgehog_fits(K, wq.shape[-1], q.dtype):
         # the fused kernels' backward holds three [K, 2f] projection tiles plus the [2f, D] state as dot
         # operands: at K = 128, f = 128 that is 280-320 KB of shared memory (compiled for sm_90), above
         # the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
@@ -518,8 +509,12 @@ def hedgehog_linear_attn(
     )
 
 
-def fused_hedgehog_fits(head_dim: int, feature_dim: int) -> bool:
-    """Whether :func:`hedgehog_linear_attn` runs fused: the [K, 2f] projection tile at most 128 x 128
-    (f <= 64 at K <= 128); larger maps take the PyTorch map and the unfused kernel."""
-    return block(head_dim) <= 128 and 2 * block(feature_dim) <= 128
+def fused_hedgehog_fits(head_dim: int, feature_dim: int, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether :func:`hedgehog_linear_attn` runs fused: the [K, 2f] projection tile at most 128 x 128 for
+    fp16/bf16 inputs (f <= 64 at K <= 128) and 64 x 64 for fp32 (f <= 32 at K <= 64); larger maps take the
+    PyTorch map and the unfused kernel. Compiled for sm_90 (benchmarks/kernel_resources.py, D = 128, 32-token
+    tiles): bf16 K = 128, f = 64 takes 128 KB of shared memory; fp32 K = 64, f = 32 176 KB, fp32 K = 128,
+    f = 32 256 KB and f = 64 464 KB, above the H100's 227 KB (the fp32 GPU test failed to launch)."""
+    limit = 64 * 64 if dtype == torch.float32 else 128 * 128
+    return block(head_dim) <= 128 and block(head_dim) * 2 * block(feature_dim) <= limit
 

@@ -216,6 +216,9 @@ def test_hedgehog_large_map_takes_the_unfused_kernel():
     from lolcats_lab.kernels.linear_attn import fused_hedgehog_fits
 
     assert fused_hedgehog_fits(128, 64) and not fused_hedgehog_fits(128, 80) and not fused_hedgehog_fits(256, 32)
+    f32 = torch.float32  # fp32 operands take twice the shared memory: K = 64, f = 32 at most
+    assert fused_hedgehog_fits(64, 32, f32) and not fused_hedgehog_fits(128, 32, f32)
+    assert not fused_hedgehog_fits(128, 64, f32) and fused_hedgehog_fits(12, 6, f32)
     inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=1, VH=1, T=40, K=12, f=80, D=10, seed=7)
     y_ref, g_ref = run_with_grads(reference, inputs, do)
     y, g_out = run_with_grads(triton_hedgehog_linear_attn, inputs, do)
