@@ -1,6 +1,6 @@
 """One decoding step of LoLCATs hybrid attention in Triton, batched, against a fixed-size ring-buffer cache.
 
-Math: exactly SPEC.md "The hybrid output" for the newest query p (= ``cache.pos``):
+Math: exactly SPEC.md "The hybrid output" for the newest query p of each row (``cache.pos[b]``):
 
     y_p = (gamma sum_{j in W_p} exp(s_pj - M_p) v_j + fq_p S) / (gamma sum_{j in W_p} exp(s_pj - M_p) + fq_p . z + eps)
 
@@ -11,14 +11,23 @@ row p of ``naive_hybrid_attn`` (SPEC.md "Decoding must equal training").
 Cache layout (:class:`RingHybridCache`, all [B, H, ...]; memory constant in the context length):
     S [F, D], z [F]                     fp32 linear state
     k_buf [Wc, K], v_buf [Wc, D], fk_buf [Wc, F]   ring of window tokens, position j in slot j % Wc,
-                                        Wc = w (sw) or 2w (tk: the previous and the current block)
+                                        Wc = w (sw) or 2w (tk: the previous and the current block);
+                                        one unused slot when w = 0 (pure linear, sinks only)
     k_sink [n, K], v_sink [n, D]        the first n tokens when sink_tokens = n
+    pos [B] int64                       each row's next position (its real tokens so far)
+Positions live in device memory, one per row: rows of a left-padded batch hold different numbers of real
+tokens, and the tk block rule depends on each row's own position, so one launch serves them all. The
+kernel only reads ``pos``; :func:`hybrid_decode_step` then adds 1 in a separate op (no program reads a
+half-updated value). Nothing in a step depends on a host value that changes between steps, and the step
+never synchronises with the host, so it can be captured once in a CUDA graph and replayed.
+
 One program per (batch, head) per step: (1) folds into S, z the keys that leave the window at this step
-(sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block), (2) attends to the
-valid ring slots, the sinks and the new token (held in registers), (3) writes S, z back in place and
-then the new token into its slot. State and window are read once and the state written once, which is
-the memory-bandwidth bound of the step. Slot validity comes from positions: slot s holds the latest
-position p' <= p with p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
+(sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new token
+itself unless it is a sink), as exact fp32 rank-1 updates, (2) attends to the valid ring slots, the
+sinks and the new token (held in registers), (3) writes S, z back in place and then the new token into
+its slot. State and window are read once and the state written once, which is the memory-bandwidth bound
+of the step. Slot validity comes from positions: slot s holds the latest position p' <= p with
+p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
 """
 
 from __future__ import annotations
@@ -32,23 +41,50 @@ import triton.language as tl
 from ._tl_helpers import load_rows as _rows
 from ._utils import block, check_same_dtype_device, check_tensor, is_interpreter
 
+
 @triton.jit
 def _vec(p, N: tl.constexpr, BN: tl.constexpr):
     o = tl.arange(0, BN)
     return tl.load(p + o, mask=o < N, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _all(m_vec, m):
+    """m_vec & m for a vector mask and a scalar condition (tl.where: in Triton 3.9's interpreter,
+    vector & scalar booleans give an integer array that tl.load / tl.store reject as a mask)."""
+    return tl.where(m, m_vec, False)
 
 
-@triton.jit(do_not_specialize=["p", "W", "NS"])
+@triton.jit
+def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
+    """Row r of a contiguous [*, N] matrix as an fp32 [BN] vector, zero where the scalar mask m is False."""
+    o = tl.arange(0, BN)
+    return tl.load(p + r * N + o, mask=_all(o < N, m), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _online(b_m, b_acc, b_l, b_s, b_vr):
+    """Online softmax update with scores b_s [BC] (-inf = not a window key) and values b_vr [BC, BV].
+    Safe when nothing was seen yet (b_m = -inf: the first block, or only linear keys)."""
+    m_new = tl.maximum(b_m, tl.max(b_s, 0))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(b_m - m_use)  # 0 while b_m = -inf
+    b_p = tl.exp(b_s - m_use)  # 0 on invalid slots
+    return m_new, b_acc * alpha + tl.sum(b_p[:, None] * b_vr, 0), b_l * alpha + tl.sum(b_p, 0)
+
+
+@triton.jit(do_not_specialize=["W", "NS"])
 def hybrid_decode_kernel(
-    q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, p, W, NS, scale, eps,
+    q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
+    LIN: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *]."""
+    """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
+    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact)."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
+    p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
     gamma = tl.load(gam + i_bh % H)
     q += i_bh64 * K
     k += i_bh64 * K
@@ -70,50 +106,50 @@ def hybrid_decode_kernel(
     b_S = tl.load(S + o_f[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV] fp32
     b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
-    # (1) fold the keys that leave the window at this step into S, z
-    if TK:
-        n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
-        first = p - 2 * W  # position in the first folded slot (= slot)
+    new_is_sink = p < NS
+    # (1) fold the keys that leave the window at this step into S, z (exact fp32 rank-1 updates)
+    if LIN:  # window 0: the new token is linear for itself unless it is a sink
+        b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
+        b_S += b_fkn[:, None] * b_v[None, :]
+        b_z += b_fkn
     else:
-        n_fold = tl.where(p >= W, 1, 0)
-        first = p - W
-    for r0 in range(0, n_fold, BC):
-        o_r = r0 + tl.arange(0, BC)
-        m_r = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
-        b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
-        b_vr = _rows(vb, slot + o_r, m_r, V, BV)  # [BC, BV]
-        b_S += tl.dot(tl.trans(b_fkr), b_vr, input_precision="ieee")
-        b_z += tl.sum(b_fkr, 0)
-    # (2) attention: the new token first (always a window key), then ring slots and sinks, online max
-    b_m = tl.sum(b_q * b_k, 0) * scale
-    b_acc = b_v  # exp(s_new - m) = 1
-    b_l = b_m * 0.0 + 1.0
-    if TK:  # first position in W_p (SPEC.md)
-        win_lo = ((p // W) - 1) * W
+        if TK:
+            n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
+            first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
+        else:
+            n_fold = tl.where(p >= W, 1, 0)
+            first = p - W
+        for r in range(0, n_fold):
+            m_r = first + r >= NS  # sinks never enter the linear state
+            b_fkr = _row(fkb, slot + r, m_r, F, BF)  # [BF]
+            b_S += b_fkr[:, None] * _row(vb, slot + r, m_r, V, BV)[None, :]
+            b_z += b_fkr
+    # (2) attention over window keys with an online max: the new token, ring slots, sinks
+    b_sn = tl.sum(b_q * b_k, 0) * scale
+    if LIN:
+        new_in_window = new_is_sink
     else:
-        win_lo = p - W + 1
-    for c0 in range(0, WC, BC):
-        o_s = c0 + tl.arange(0, BC)
-        pos = p - ((p - o_s) % WC + WC) % WC  # latest position <= p stored in slot o_s
-        m_s = (o_s < WC) & (o_s != slot) & (pos >= 0) & (pos >= NS) & (pos >= win_lo)
-        b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
-        b_s = tl.where(m_s, tl.sum(b_kr * b_q[None, :], 1) * scale, float("-inf"))  # [BC]
-        m_new = tl.maximum(b_m, tl.max(b_s, 0))
-        alpha = tl.exp(b_m - m_new)
-        b_p = tl.exp(b_s - m_new)  # 0 on invalid slots
-        b_vr = _rows(vb, o_s, m_s, V, BV)
-        b_acc = b_acc * alpha + tl.sum(b_p[:, None] * b_vr, 0)
-        b_l = b_l * alpha + tl.sum(b_p, 0)
-        b_m = m_new
+        new_in_window = p >= 0  # always (SPEC.md: i is in W_i for w >= 1)
+    b_m = tl.where(new_in_window, b_sn, float("-inf"))
+    b_acc = tl.where(new_in_window, b_v, 0.0)  # exp(s_new - m) = 1
+    b_l = tl.where(new_in_window, 1.0, 0.0)
+    if not LIN:
+        if TK:  # first position in W_p (SPEC.md)
+            win_lo = ((p // W) - 1) * W
+        else:
+            win_lo = p - W + 1
+        for c0 in range(0, WC, BC):
+            o_s = c0 + tl.arange(0, BC)
+            pos_s = p - ((p - o_s) % WC + WC) % WC  # latest position <= p stored in slot o_s
+            m_s = (o_s < WC) & (o_s != slot) & (pos_s >= 0) & (pos_s >= NS) & (pos_s >= win_lo)
+            b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
+            b_s = tl.where(m_s, tl.sum(b_kr * b_q[None, :], 1) * scale, float("-inf"))  # [BC]
+            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV))
     o_n = tl.arange(0, BS)
     m_n = (o_n < NS) & (o_n < p)  # sinks before the new token
-    b_kn = _rows(ks, o_n, m_n, K, BK)
+    b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]
     b_s = tl.where(m_n, tl.sum(b_kn * b_q[None, :], 1) * scale, float("-inf"))
-    m_new = tl.maximum(b_m, tl.max(b_s, 0))
-    alpha = tl.exp(b_m - m_new)
-    b_p = tl.exp(b_s - m_new)
-    b_acc = b_acc * alpha + tl.sum(b_p[:, None] * _rows(vs, o_n, m_n, V, BV), 0)
-    b_l = b_l * alpha + tl.sum(b_p, 0)
+    b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vs, o_n, m_n, V, BV))
     # (3) output and state
     b_num = gamma * b_acc + tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
     b_den = gamma * b_l + tl.sum(b_fq * b_z, 0) + eps
@@ -122,20 +158,32 @@ def hybrid_decode_kernel(
     tl.store(z + o_f, b_z, mask=o_f < F)
     tl.debug_barrier()  # the fold above read the slot written below
     o_k = tl.arange(0, BK)
-    if p < NS:
-        tl.store(ks + p * K + o_k, b_k.to(ks.dtype.element_ty), mask=o_k < K)
-        tl.store(vs + p * V + o_v, b_v.to(vs.dtype.element_ty), mask=o_v < V)
-    else:
-        tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=o_k < K)
-        tl.store(vb + slot * V + o_v, b_v.to(vb.dtype.element_ty), mask=o_v < V)
-        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=o_f < F)
+    p_sink = tl.minimum(p, NSC - 1)  # in bounds even where the store is masked off
+    tl.store(ks + p_sink * K + o_k, b_k.to(ks.dtype.element_ty), mask=_all(o_k < K, new_is_sink))
+    tl.store(vs + p_sink * V + o_v, b_v.to(vs.dtype.element_ty), mask=_all(o_v < V, new_is_sink))
+    if not LIN:
+        m_ring = p >= NS
+        tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=_all(o_k < K, m_ring))
+        tl.store(vb + slot * V + o_v, b_v.to(vb.dtype.element_ty), mask=_all(o_v < V, m_ring))
+        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
+
+
+def _window_start(last: torch.Tensor, window: int, kind: str) -> torch.Tensor:
+    """First position of W_last for each row (SPEC.md); last [B] int64 (-1 for an empty row) -> [B].
+    Window 0: last + 1 (no window keys besides the sinks)."""
+    if window == 0:
+        return last + 1
+    if kind == "tk":
+        return ((torch.div(last, window, rounding_mode="floor") - 1) * window).clamp_min(0)
+    return (last - window + 1).clamp_min(0)
 
 
 @dataclass
 class RingHybridCache:
     """Fixed-size decoding cache of one hybrid-attention layer (see the module docstring for the layout).
 
-    ``pos`` is the position of the next token. Tensors are updated in place by :func:`hybrid_decode_step`.
+    ``positions`` [B] int64 (also ``pos``) holds each row's next position, in device memory. Tensors are
+    updated in place by :func:`hybrid_decode_step`. Assigning an int to ``pos`` fills every row in place.
     """
 
     S: torch.Tensor  # [B, H, F, D] fp32
@@ -145,21 +193,39 @@ class RingHybridCache:
     fk_buf: torch.Tensor  # [B, H, Wc, F]
     k_sink: torch.Tensor  # [B, H, max(n, 1), K]
     v_sink: torch.Tensor  # [B, H, max(n, 1), D]
+    positions: torch.Tensor  # [B] int64
     window: int
     kind: str
     sink_tokens: int
-    pos: int = 0
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """[B] int64: the position of each row's next token."""
+        return self.positions
+
+    @pos.setter
+    def pos(self, value) -> None:
+        if isinstance(value, torch.Tensor):
+            self.positions.copy_(value)
+        else:
+            self.positions.fill_(int(value))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the cache holds (for memory accounting)."""
+        return (self.S, self.z, self.k_buf, self.v_buf, self.fk_buf, self.k_sink, self.v_sink, self.positions)
 
     @classmethod
     def empty(cls, batch, heads, head_dim, value_dim, feature_dim, *, window, kind="tk", sink_tokens=0,
               device=None, dtype=torch.float32) -> "RingHybridCache":  # fmt: skip
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        """An empty cache (every row at position 0). window = 0: pure linear attention (plus sinks)."""
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ValueError(f"window must be an int >= 0, got {window!r}")
         if kind not in ("tk", "sw"):
             raise ValueError(f"kind must be 'tk' or 'sw', got {kind!r}")
         if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
             raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
-        B, H, wc, ns = batch, heads, window * (2 if kind == "tk" else 1), max(sink_tokens, 1)
+        B, H, ns = batch, heads, max(sink_tokens, 1)
+        wc = max(1, window * (2 if kind == "tk" else 1))  # one unused slot for window 0
         z = dict(device=device, dtype=dtype)
         return cls(
             S=torch.zeros(B, H, feature_dim, value_dim, device=device),
@@ -167,41 +233,68 @@ class RingHybridCache:
             k_buf=torch.zeros(B, H, wc, head_dim, **z), v_buf=torch.zeros(B, H, wc, value_dim, **z),
             fk_buf=torch.zeros(B, H, wc, feature_dim, **z),
             k_sink=torch.zeros(B, H, ns, head_dim, **z), v_sink=torch.zeros(B, H, ns, value_dim, **z),
+            positions=torch.zeros(B, dtype=torch.int64, device=device),
             window=window, kind=kind, sink_tokens=sink_tokens,
         )  # fmt: skip
 
     @classmethod
-    def from_prompt(cls, k, v, fk, *, window, kind="tk", sink_tokens=0) -> "RingHybridCache":
-        """The cache after a prompt (k, v [B, H, T, *], fk [B, H, T, F]), ready for the token at position T.
+    def from_prompt(cls, k, v, fk, *, window, kind="tk", sink_tokens=0, lengths=None,
+                    chunk=4096) -> "RingHybridCache":  # fmt: skip
+        """The cache after a prompt (k, v [B, H, T, *], fk [B, H, T, F]), ready for each row's next token.
 
-        PyTorch (runs once per prompt): S, z over the keys that are linear for the last prompt token.
+        lengths: [B] int tensor, the real tokens of each row, stored first (compact order: row b's tokens
+        are k[b, :, :lengths[b]], the rest is padding and ignored); None: every row holds T tokens.
+        PyTorch, once per prompt (one host sync to check ``lengths``): S, z over the keys that are linear
+        for each row's last token, summed in fp32 over ``chunk`` tokens at a time (bounded memory at long
+        prompts); the ring gets what token-by-token decoding would have left in it.
         """
         B, H, T, K = k.shape
+        if v.shape[:3] != (B, H, T) or fk.shape[:3] != (B, H, T):
+            raise ValueError(f"k, v, fk must share [B, H, T], got {tuple(k.shape)}, {tuple(v.shape)}, "
+                             f"{tuple(fk.shape)}")  # fmt: skip
         c = cls.empty(B, H, K, v.shape[-1], fk.shape[-1], window=window, kind=kind, sink_tokens=sink_tokens,
                       device=k.device, dtype=k.dtype)  # fmt: skip
+        if lengths is None:
+            n = torch.full((B,), T, dtype=torch.int64, device=k.device)
+        else:
+            if not isinstance(lengths, torch.Tensor) or lengths.shape != (B,) or lengths.is_floating_point():
+                got = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+                raise ValueError(f"lengths must be an int tensor of shape [B] = ({B},), got {got}")
+            n = lengths.to(device=k.device, dtype=torch.int64)
+            if bool(((n < 0) | (n > T)).any()):
+                raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got {n.tolist()}")
+        c.positions.copy_(n)
         if T == 0:
             return c
-        last = T - 1
-        win_lo = max(0, (last // window - 1) * window) if kind == "tk" else max(0, last - window + 1)
-        n = min(sink_tokens, T)
-        lin = slice(n, max(n, win_lo))  # linear keys of the last token
-        c.S += torch.einsum("bhtf,bhtd->bhfd", fk[:, :, lin].float(), v[:, :, lin].float())
-        c.z += fk[:, :, lin].float().sum(2)
-        c.k_sink[:, :, :n], c.v_sink[:, :, :n] = k[:, :, :n], v[:, :, :n]
-        pos = torch.arange(max(n, win_lo), T, device=k.device)
-        slots = pos % c.k_buf.shape[2]
-        c.k_buf[:, :, slots], c.v_buf[:, :, slots], c.fk_buf[:, :, slots] = (
-            k[:, :, pos], v[:, :, pos], fk[:, :, pos].to(c.fk_buf.dtype),
-        )  # fmt: skip
-        c.pos = T
+        j = torch.arange(T, device=k.device)  # [T]
+        last = n - 1  # [B]
+        lin = (j[None, :] >= sink_tokens) & (j[None, :] < _window_start(last, window, kind)[:, None])  # [B, T]
+        for t0 in range(0, T, chunk):  # linear keys of each row's last token
+            fk_c = fk[:, :, t0 : t0 + chunk].float() * lin[:, None, t0 : t0 + chunk, None]  # [B, H, c, F]
+            c.S += torch.einsum("bhtf,bhtd->bhfd", fk_c, v[:, :, t0 : t0 + chunk].float())
+            c.z += fk_c.sum(2)
+        ns = min(sink_tokens, T)
+        real = (j[None, :ns] < n[:, None])[:, None, :, None]  # [B, 1, ns, 1]
+        c.k_sink[:, :, :ns] = torch.where(real, k[:, :, :ns], 0)
+        c.v_sink[:, :, :ns] = torch.where(real, v[:, :, :ns], 0)
+        if window > 0:  # slot s: the latest position p' <= last with p' = s (mod Wc), as stepping leaves it
+            wc = c.k_buf.shape[2]
+            s = torch.arange(wc, device=k.device)
+            p_s = last[:, None] - torch.remainder(last[:, None] - s[None, :], wc)  # [B, Wc]
+            keep = ((p_s >= 0) & (p_s >= sink_tokens))[:, None, :, None]  # [B, 1, Wc, 1]
+            idx = p_s.clamp(0, T - 1)[:, None, :, None]  # [B, 1, Wc, 1]
+            for buf, x in ((c.k_buf, k), (c.v_buf, v), (c.fk_buf, fk)):
+                got = x.gather(2, idx.expand(B, H, wc, x.shape[-1]))  # [B, H, Wc, *]
+                buf.copy_(torch.where(keep, got, 0))
         return c
 
 
 def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *, scale=None, eps=1e-12):
     """One token for every sequence of the batch: q, k [B, H, 1, K], v [B, H, 1, D], fq, fk [B, H, 1, F].
 
-    Returns (y [B, H, 1, D] in v's dtype, cache) with the cache updated in place (``cache.pos`` + 1).
-    Not differentiable (inference).
+    Returns (y [B, H, 1, D] in v's dtype, cache) with the cache updated in place (``cache.pos`` + 1 for
+    every row, on the device). Not differentiable (inference). No host synchronisation: the step can be
+    captured in a CUDA graph (each replay advances the cache by one token).
     """
     check_tensor("q", q, 4, "[B, H, 1, K]")
     for name, x in (("k", k), ("v", v), ("fq", fq), ("fk", fk)):
@@ -212,7 +305,8 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
                          "RingHybridCache.from_prompt")  # fmt: skip
     B, H, _, K = q.shape
     D, F = v.shape[-1], fq.shape[-1]
-    expect = dict(k_buf=(B, H, cache.k_buf.shape[2], K), v_buf=(B, H, cache.k_buf.shape[2], D), S=(B, H, F, D))
+    expect = dict(k_buf=(B, H, cache.k_buf.shape[2], K), v_buf=(B, H, cache.k_buf.shape[2], D), S=(B, H, F, D),
+                  positions=(B,))  # fmt: skip
     for name, shape in expect.items():
         if tuple(getattr(cache, name).shape) != shape:
             raise ValueError(f"cache.{name} has shape {tuple(getattr(cache, name).shape)}, expected {shape} for "
@@ -222,17 +316,20 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
                          f"fq {tuple(fq.shape)}, fk {tuple(fk.shape)}")  # fmt: skip
     if not isinstance(window_logit, torch.Tensor) or window_logit.shape != (H,):
         raise ValueError(f"window_logit must be a tensor of shape [H] = ({H},), one logit per head")
+    if cache.positions.dtype != torch.int64 or cache.positions.device != q.device:
+        raise ValueError(f"cache.positions must be int64 on {q.device}, got {cache.positions.dtype} on "
+                         f"{cache.positions.device}")  # fmt: skip
     gamma = torch.sigmoid(window_logit.float()).contiguous()
     scale = K**-0.5 if scale is None else float(scale)
     y = torch.empty_like(v)
-    WC = cache.k_buf.shape[2]
     hybrid_decode_kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), gamma,
         cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
-        cache.pos, cache.window, cache.sink_tokens, scale, eps,
-        H=H, K=K, V=D, F=F, WC=WC, NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D), BF=block(F),
-        BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
+        cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
+        H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
+        BF=block(F), BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
+        LIN=cache.window == 0,
         num_warps=4,  # no autotuning: the kernel updates the cache in place, a tuning rerun would fold twice
     )  # fmt: skip
-    cache.pos += 1
+    cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value
     return y, cache

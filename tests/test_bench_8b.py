@@ -96,3 +96,90 @@ def test_bench_8b_budget_skips_sections(tmp_path):
     results = load_bench().main(["--tiny", "--sections", "a,d", "--budget-s", "0", "--out", str(out)])
     assert results["skipped"] == ["a", "d"]
     assert json.loads(out.read_text())["sections"]["d"]["status"] == "skipped (budget)"
+
+
+@pytest.mark.parametrize("mode", ["linear", "softmax"])
+def test_static_decode_step_continues_the_greedy_rollout(mode):
+    """The CUDA-graph harness's step (section d), run eagerly here: static ids / positions updated in place
+    reproduce the eager loop's greedy tokens, through the Triton ring cache (interpreter on CPU) for the
+    linearized model and through the KV cache moved into a StaticCache for the softmax one."""
+    import torch
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from lolcats_lab.models import attention_modules, linearize, set_attention_mode
+
+    bench = load_bench()
+    torch.manual_seed(0)  # a small GQA Llama (the 8B-shaped tiny config has 32 heads of 128: slow in the interpreter)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2))
+    linearize(model, window=4, feature_dim=8)
+    for m in attention_modules(model):
+        m.decode_impl = "triton"
+    set_attention_mode(model, mode)
+    model.eval()
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    steps, runs = 5, []
+    for static in (False, True):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            tok = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)  # [2, 1]
+            if not static:
+                toks = []
+                for _ in range(steps):
+                    tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                    toks.append(tok)
+                runs.append(torch.cat(toks, 1))
+                continue
+            if mode == "softmax":
+                cache = bench.to_static_cache(model, cache, max_len=10 + steps + 1)
+            step, s_ids, s_pos = bench.static_decode_step(model, cache, tok, 10)
+            toks = []
+            for _ in range(steps):
+                step()
+                toks.append(s_ids.clone())
+            runs.append(torch.cat(toks, 1))
+    assert torch.equal(runs[0], runs[1]), (runs[0], runs[1])
+    assert s_pos.tolist() == [[10 + steps]] * 2 and bench._seq_len(cache) == 10 + steps
+    if mode == "linear":
+        assert bench.linear_decode_kind(cache) == "triton ring"
+    else:
+        assert type(cache).__name__ == "StaticCache"
+
+
+def test_packed_gqa_sdpa_equals_transformers_sdpa():
+    """The softmax graph baseline's attention without repeated KV heads is transformers' sdpa, to fp32
+    rounding, for one query token under a key mask (and a masked key does change it: negative control)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bench = load_bench()
+    g = torch.Generator().manual_seed(0)
+    B, H, KVH, L, D = 2, 8, 2, 37, 16
+    q = torch.randn(B, H, 1, D, generator=g)
+    k, v = torch.randn(B, KVH, L, D, generator=g), torch.randn(B, KVH, L, D, generator=g)
+    mask = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    mask[:, :, :, 30:] = False  # unfilled static-cache slots
+    mask[1, :, :, 3] = False
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = H // KVH, True
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=D**-0.5)  # [B, 1, H, D]
+    out, _ = bench.packed_gqa_sdpa(module, q, k, v, mask, scaling=D**-0.5)
+    assert out.shape == ref.shape == (B, 1, H, D)
+    torch.testing.assert_close(out, ref)
+    unmasked, _ = bench.packed_gqa_sdpa(module, q, k, v, torch.ones_like(mask), scaling=D**-0.5)
+    assert (unmasked - ref).abs().max().item() > 1e-3
+
+
+def test_targets_read_graph_speedups():
+    """targets() takes the generation verdict from the CUDA-graph harness when both models were captured
+    (against the faster softmax variant), else from the eager one."""
+    targets = load_bench().targets
+    d = {"speedup_32768": 1.2, "speedup_2048": 1.1, "graph_speedup_32768": 3.4, "graph_speedup_vs_hf_sdpa_32768": 9.0,
+         "read_bytes_ratio_32768": 2.8, "runs": [{"mode": "linear", "prompt": 32768, "decode_peak_gib": 17.2,
+                                                  "graph": {"peak_gib": 17.5}}]}  # fmt: skip
+    gen = targets({"sections": {"d": d}})["generation"]
+    assert (gen["met_eager"], gen["met_graph"], gen["met"]) == (False, True, True)
+    assert gen["graph_speedups_vs_hf_sdpa"] == {"graph_speedup_vs_hf_sdpa_32768": 9.0}
+    assert gen["linear_graph_peak_gib_by_prompt"] == {32768: 17.5}
+    gen = targets({"sections": {"d": {"speedup_32768": 1.2}}})["generation"]
+    assert (gen["met_graph"], gen["met"]) == (None, False)

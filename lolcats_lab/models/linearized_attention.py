@@ -42,6 +42,7 @@ __all__ = ["LinearizedAttention", "linearized_attention", "ATTENTION_KINDS", "MO
 
 ATTENTION_KINDS = ("linear", "hybrid-tk", "hybrid-sw")
 MODES = ("softmax", "linear", "transfer")
+DECODE_IMPLS = ("auto", "torch", "triton")
 WINDOW_INIT = 0.1  # gamma at initialisation (SPEC.md: logit(0.1))
 
 
@@ -90,6 +91,12 @@ class LinearizedAttention(nn.Module):
         sink_tokens: the first n tokens always get exact softmax terms (SPEC.md, off by default).
         feature_map_kwargs: passed to both maps (e.g. ``feature_dim=64`` for Hedgehog).
         impl: "auto", "naive", "chunk" or "triton" for the linearized forward.
+
+    ``decode_impl`` (an attribute, default "auto") picks how a generation cache decodes: "triton" (the
+    ring-buffer kernel of ``lolcats_lab.kernels.decode``, in place, CUDA-graph capturable; CUDA tensors,
+    or CPU ones under ``TRITON_INTERPRET=1``), "torch" (the PyTorch reference steps), or "auto": Triton
+    when ``impl`` is "triton" and the tensors are on CUDA, or ``impl`` is "auto" and they are fp16/bf16 on
+    CUDA (as for the forward); PyTorch otherwise (CPU, fp32 under "auto", impl "chunk" or "naive").
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class LinearizedAttention(nn.Module):
         self.sink_tokens = sink_tokens
         self.causal = spec.causal
         self.impl = impl
+        self.decode_impl = "auto"  # "auto" | "torch" | "triton": see the class docstring
         self.num_heads = spec.num_heads(config)
         self.num_kv_heads = spec.num_kv_heads(config)
         self.head_dim = spec.head_dim(base_attn)
@@ -197,22 +205,45 @@ class LinearizedAttention(nn.Module):
             impl=self.impl, return_map=return_map, **self._kw(),
         )
 
+    def _triton_decode(self, x: torch.Tensor) -> bool:
+        """Whether a cache filled now decodes with the Triton kernel (``decode_impl``, class docstring)."""
+        if self.decode_impl not in DECODE_IMPLS:
+            raise ValueError(f"decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
+        if self.decode_impl == "torch":
+            return False
+        if self.decode_impl == "triton":
+            from lolcats_lab.kernels._utils import check_device
+
+            check_device("q", x)  # CUDA, or CPU under TRITON_INTERPRET=1; otherwise a clear error
+            return True
+        if self.impl == "triton":
+            return x.is_cuda
+        from ..attention.dispatch import triton_supported
+
+        return self.impl == "auto" and triton_supported(x, causal=True, key_mask=None)
+
     def _linear_with_cache(self, q, k, v, attention_mask, cache) -> torch.Tensor:
         T = q.shape[2]
-        key_mask = key_mask_from_attention_mask(attention_mask, T)
         k, v, fq, fk = self._features(q, k, v)
         if cache is None:
-            return self.linearized(q, k, v, fq, fk, key_mask)
+            return self.linearized(q, k, v, fq, fk, key_mask_from_attention_mask(attention_mask, T))
         if not self.causal:
             raise ValueError("a cache is only used for causal (decoder) models; call the model without past_key_values")
         layer = linearized_cache_layer(cache, self.layer_idx)
+        if layer.uses_triton and q.is_cuda and torch.cuda.is_current_stream_capturing():
+            # a decoding step being captured in a CUDA graph: the mask check below reads values on the host,
+            # which capture forbids (eager attention builds a mask for every step); the eager warm-up steps
+            # before a capture check the same kind of input
+            key_mask = None
+        else:
+            key_mask = key_mask_from_attention_mask(attention_mask, T)
         if not layer.has_state:  # prefill
             y = self.linearized(q, k, v, fq, fk, key_mask)
             perm = compact_order(key_mask)
             n_real = torch.full((q.shape[0],), T, device=q.device) if key_mask is None else key_mask.sum(1)
             layer.prefill(
                 gather_seq(k, perm), gather_seq(v, perm), gather_seq(fk, perm), n_real, T,
-                window=self.window, kind=self.kind, sink_tokens=self.sink_tokens,
+                window=self.window, kind=self.kind, sink_tokens=self.sink_tokens, use_triton=self._triton_decode(q),
             )
             return y
         if key_mask is not None:

@@ -1,15 +1,17 @@
 """Triton hybrid decode step (ring-buffer cache) vs the full pass and the PyTorch decode step.
 
 SPEC.md "Decoding must equal training": feeding tokens one at a time must reproduce the rows of
-``naive_hybrid_attn`` on the whole sequence (fp32, tolerance table), for tk and sw windows, sinks, and a
-prompt prefilled with ``RingHybridCache.from_prompt``. CPU runs use Triton's interpreter.
+``naive_hybrid_attn`` on the whole sequence (fp32, tolerance table), for tk and sw windows, window 0 (pure
+linear, with and without sinks), sinks, and a prompt prefilled with ``RingHybridCache.from_prompt``. Rows
+of one batch may sit at different positions (per-row ``pos`` in device memory): each row then equals the
+PyTorch decode step run on that row alone. CPU runs use Triton's interpreter.
 """
 
 import pytest
 import torch
 
 from lolcats_lab.attention.hybrid import hybrid_decode_step as torch_decode_step
-from lolcats_lab.attention.hybrid import naive_hybrid_attn
+from lolcats_lab.attention.hybrid import naive_hybrid_attn, prefill_hybrid_cache
 from lolcats_lab.kernels import triton_hybrid_decode_step as hybrid_decode_step
 from lolcats_lab.kernels.decode import RingHybridCache
 from tests.tolerances import TOLERANCES, check_close, rel_rms
@@ -38,11 +40,13 @@ def decode_all(xs, cache, start):
 
 
 # (kind, window, sinks, prompt length): block boundaries, folds of one key (sw) and of a block (tk)
-CASES = [("tk", 4, 0, 0), ("sw", 5, 0, 3), ("tk", 3, 2, 5), ("sw", 4, 3, 0), ("tk", 6, 0, 12), ("sw", 1, 0, 2)]
+# window 0: pure linear attention (sinks exact when sink_tokens > 0)
+CASES = [("tk", 4, 0, 0), ("sw", 5, 0, 3), ("tk", 3, 2, 5), ("sw", 4, 3, 0), ("tk", 6, 0, 12), ("sw", 1, 0, 2),
+         ("sw", 0, 0, 3), ("tk", 0, 2, 1)]
 
 
 @pytest.mark.parametrize("kind,window,sinks,prompt", CASES, ids=lambda x: str(x))
-def test_decode_equals_full_pass(kind, window, sinks, prompt):
+def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
     B, H, T, K, F, D = 2, 2, 20, 12, 10, 9
     xs = make_seq(B, H, T, K, F, D)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)
@@ -50,7 +54,7 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt):
     cache = RingHybridCache.from_prompt(*(x[:, :, :prompt] for x in (xs[1], xs[2], xs[4])), **cfg)
     y_dec, cache = decode_all(xs, cache, prompt)
     check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
-    assert cache.pos == T
+    assert cache.pos.tolist() == [T] * B
 
 
 def test_decode_matches_torch_decode_step_and_state():
@@ -81,6 +85,61 @@ def test_from_prompt_equals_stepping():
         assert torch.equal(getattr(pre, name), getattr(stepped, name)), name
 
 
+def _row_tokens(x, starts, i):
+    """Token i after each row's own start: x [B, H, T, E] -> [B, H, 1, E] with row b at position starts[b] + i."""
+    return torch.stack([x[b, :, n + i] for b, n in enumerate(starts)])[:, :, None]
+
+
+@pytest.mark.parametrize("kind,window,sinks", [("tk", 4, 0), ("sw", 3, 2), ("tk", 3, 1), ("sw", 0, 1)], ids=str)
+def test_per_row_positions_equal_torch_reference_row_by_row(kind, window, sinks):
+    """One cache and one launch per step for rows holding 9, 0, 4 and 13 real tokens (compact order: real
+    tokens first, then padding filled with large junk that must never be read). Row b's new tokens sit at
+    its own positions n_b, n_b + 1, ...: every row equals ``attention.hybrid.hybrid_decode_step`` run on
+    that row alone, and the same cache with every row at the longest row's position does not."""
+    B, H, T, K, F, D = 4, 2, 22, 12, 10, 9
+    lengths, steps = [9, 0, 4, 13], 8  # tk w=4 and w=3: block starts inside the decoded range
+    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
+    q, k, v, fq, fk, logit = make_seq(B, H, T, K, F, D)
+    prompt = [x[:, :, : max(lengths)].clone() for x in (k, v, fk)]  # [B, H, 13, *]
+    for x in prompt:
+        for b, n in enumerate(lengths):
+            x[b, :, n:] = 1e3  # padding
+    ring = RingHybridCache.from_prompt(*prompt, lengths=torch.tensor(lengths, device=DEVICE), **cfg)
+    wrong = RingHybridCache(**{n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in ring.__dict__.items()})
+    wrong.pos = max(lengths)  # same contents, positions not per row (negative control)
+    ys, ys_wrong = [], []
+    for i in range(steps):
+        tok = [_row_tokens(x, lengths, i) for x in (q, k, v, fq, fk)]  # [B, H, 1, *]
+        ys.append(hybrid_decode_step(*tok, logit, ring)[0])
+        ys_wrong.append(hybrid_decode_step(*tok, logit, wrong)[0])
+    y, y_wrong = torch.cat(ys, 2), torch.cat(ys_wrong, 2)  # [B, H, steps, D]
+    assert ring.pos.tolist() == [n + steps for n in lengths]
+    for b, n in enumerate(lengths):
+        row = lambda x: x[b : b + 1]  # noqa: E731
+        ref = prefill_hybrid_cache(row(k)[:, :, :n], row(v)[:, :, :n], row(fk)[:, :, :n], **cfg)
+        ref_ys = []
+        for i in range(steps):
+            tok = [row(x)[:, :, n + i : n + i + 1] for x in (q, k, v, fq, fk)]
+            y_i, ref = torch_decode_step(*tok, logit, ref, **cfg)
+            ref_ys.append(y_i)
+        check_close(f"row {b} (n={n})", torch.cat(ref_ys, 2), y[b : b + 1], **TOLERANCES[torch.float32])
+    assert rel_rms(y[1:3], y_wrong[1:3]) > 1e-2  # rows shorter than 13: their own position matters
+
+
+def test_positions_advance_in_place_on_the_device():
+    """pos is one int64 tensor per cache (the kernel reads it, a separate op adds 1): same storage after
+    steps, so a CUDA graph that captured a step sees the new positions on replay; ints fill every row."""
+    xs = make_seq(3, 2, 4, 12, 10, 9)
+    ring = RingHybridCache.empty(3, 2, 12, 9, 10, window=4, kind="tk", device=DEVICE)
+    ptr = ring.pos.data_ptr()
+    ring.pos = torch.tensor([0, 5, 2], device=DEVICE)
+    for p in range(2):
+        hybrid_decode_step(*(x[:, :, p : p + 1] for x in xs[:5]), xs[5], ring)
+    assert ring.pos.tolist() == [2, 7, 4] and ring.pos.data_ptr() == ptr and ring.pos.dtype == torch.int64
+    ring.pos = 11
+    assert ring.pos.tolist() == [11, 11, 11] and ring.pos.data_ptr() == ptr
+
+
 def test_decode_negative_control_and_constant_memory():
     """A tk cache decoding an sw-trained sequence is wrong (the test can fail); cache size does not grow."""
     xs = make_seq(1, 1, 24, 12, 10, 9)
@@ -103,10 +162,22 @@ def test_decode_bad_inputs():
     small = RingHybridCache.empty(1, 2, 4, 5, 3, window=2, device=DEVICE)
     with pytest.raises(ValueError, match=r"^cache.S has shape \(1, 2, 3, 5\), expected \(1, 2, 6, 5\)"):
         hybrid_decode_step(*tok, logit, small)
-    with pytest.raises(ValueError, match=r"^window must be an int >= 1"):
-        RingHybridCache.empty(1, 2, 4, 5, 6, window=0)
+    with pytest.raises(ValueError, match=r"^window must be an int >= 0"):
+        RingHybridCache.empty(1, 2, 4, 5, 6, window=-1)
     with pytest.raises(ValueError, match=r"^kind must be 'tk' or 'sw'"):
         RingHybridCache.empty(1, 2, 4, 5, 6, window=2, kind="x")
+    kvf = (k, v, fk)  # [1, 2, 2, *]
+    with pytest.raises(ValueError, match=r"^lengths must be an int tensor of shape \[B\] = \(1,\)"):
+        RingHybridCache.from_prompt(*kvf, window=2, lengths=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"^lengths must lie in \[0, T\] = \[0, 2\], got \[3\]"):
+        RingHybridCache.from_prompt(*kvf, window=2, lengths=torch.tensor([3], device=DEVICE))
+    other = RingHybridCache.empty(1, 2, 4, 5, 6, window=2, device=DEVICE)
+    other.positions = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^cache.positions has shape \(2,\), expected \(1,\)"):
+        hybrid_decode_step(*tok, logit, other)
+    other.positions = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^cache.positions must be int64"):
+        hybrid_decode_step(*tok, logit, other)
 
 
 @pytest.mark.gpu
