@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ._tl_helpers import load_rows as _rows
-from ._utils import block, check_same_dtype_device, check_tensor, is_interpreter
+from ._utils import block, check_same_dtype_device, check_tensor, dot_precision, is_interpreter
 
 
 @triton.jit
@@ -78,7 +78,7 @@ def hybrid_decode_kernel(
     q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
-    LIN: tl.constexpr,
+    LIN: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
     pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact)."""
@@ -107,22 +107,26 @@ def hybrid_decode_kernel(
     b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
     new_is_sink = p < NS
-    # (1) fold the keys that leave the window at this step into S, z (exact fp32 rank-1 updates)
+    # (1) fold the keys that leave the window at this step into S, z
     if LIN:  # window 0: the new token is linear for itself unless it is a sink
         b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
         b_S += b_fkn[:, None] * b_v[None, :]
         b_z += b_fkn
     else:
-        if TK:
+        if TK:  # a whole block of W keys at once, BC rows per dot
             n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
             first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
-        else:
-            n_fold = tl.where(p >= W, 1, 0)
-            first = p - W
-        for r in range(0, n_fold):
-            m_r = first + r >= NS  # sinks never enter the linear state
-            b_fkr = _row(fkb, slot + r, m_r, F, BF)  # [BF]
-            b_S += b_fkr[:, None] * _row(vb, slot + r, m_r, V, BV)[None, :]
+            DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
+            for r0 in range(0, n_fold, BC):
+                o_r = r0 + tl.arange(0, BC)
+                m_r = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
+                b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
+                b_S += tl.dot(tl.trans(b_fkr.to(DT)), _rows(vb, slot + o_r, m_r, V, BV).to(DT), input_precision=PREC)
+                b_z += tl.sum(b_fkr, 0)
+        else:  # one key: an exact fp32 rank-1 update
+            m_r = (p >= W) & (p - W >= NS)
+            b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
+            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
             b_z += b_fkr
     # (2) attention over window keys with an online max: the new token, ring slots, sinks
     b_sn = tl.sum(b_q * b_k, 0) * scale
@@ -328,8 +332,9 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
-        LIN=cache.window == 0,
-        num_warps=4,  # no autotuning: the kernel updates the cache in place, a tuning rerun would fold twice
+        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
+        num_warps=8,  # no autotuning (in place: a tuning rerun would fold twice); sm_90: 8 warps hold the
+        # [F, D] fp32 state without spills at F = D = 128 (tk; 4 warps spilled)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value
     return y, cache
