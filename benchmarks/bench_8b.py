@@ -191,14 +191,10 @@ def environment(device: torch.device) -> dict:
             env[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - optional
             env[name] = None
-    try:
-        import subprocess
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _provenance import git_provenance
 
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip()
-        env["commit"] = commit if len(commit) == 40 else None
-    except Exception:  # noqa: BLE001
-        env["commit"] = None
+    env.update(git_provenance())
     return env
 
 

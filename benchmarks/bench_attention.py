@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -303,13 +302,12 @@ def measured_bandwidth():
 def environment():
     import triton
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:
-        commit = ""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _provenance import git_provenance
+
     return dict(
         device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-        cuda=torch.version.cuda, python=platform.python_version(), commit=commit if len(commit) == 40 else None,
+        cuda=torch.version.cuda, python=platform.python_version(), **git_provenance(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )  # fmt: skip
 

@@ -333,8 +333,8 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
-        num_warps=8,  # no autotuning (in place: a tuning rerun would fold twice); sm_90: 8 warps hold the
-        # [F, D] fp32 state without spills at F = D = 128 (tk; 4 warps spilled)
+        num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:
+        # 8 warps took 90.7 us per step against 53.9 us with 4 (benchmarks/results/*-decode-*.json)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value
     return y, cache
