@@ -8,7 +8,7 @@ does not catch the error) nor look like the Hugging Face package (no ``__version
 the probe answers False. tests/test_packaging.py checks both.
 """
 
-# Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
+# Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, hedgehog_map, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
 # without Triton; only calling an op needs it. (The ops are named triton_* so that they never clash with
 # the submodules of the same stem, e.g. `lolcats_lab.kernels.linear_attn`.)
 
@@ -51,6 +51,14 @@ def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink
     )  # fmt: skip
 
 
+def triton_hedgehog_map(x, weight):
+    """Hedgehog feature map: x [B, H, T, K], weight [H, K, f] -> phi [B, H, T, 2f] in x's dtype (SPEC.md)."""
+    _require_triton()
+    from .hedgehog_map import hedgehog_map
+
+    return hedgehog_map(x, weight)
+
+
 def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=None, eps=1e-12):
     """One batched decoding step against a ``lolcats_lab.kernels.decode.RingHybridCache`` (updated in place)."""
     _require_triton()
@@ -59,4 +67,4 @@ def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=Non
     return hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, scale=scale, eps=eps)
 
 
-__all__ = ["triton_hedgehog_linear_attn", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]
+__all__ = ["triton_hedgehog_linear_attn", "triton_hedgehog_map", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]

@@ -131,6 +131,7 @@ class HedgehogFeatureMap(FeatureMap):
     """
 
     learnable = True
+    IMPLS = ("auto", "torch", "triton")
 
     def __init__(self, num_heads: int, head_dim: int, feature_dim: int = 64, init: str = "identity"):
         super().__init__(num_heads, head_dim)
@@ -140,6 +141,31 @@ class HedgehogFeatureMap(FeatureMap):
         self.feature_dim = 2 * feature_dim
         self.weight = nn.Parameter(torch.empty(num_heads, head_dim, feature_dim))  # [H, D, f]
         _init_projection(self.weight, init)
+        # "auto": the Triton map (lolcats_lab.kernels.hedgehog_map) for fp16/bf16 CUDA inputs, which writes
+        # phi once in x's dtype and saves only x for the backward; PyTorch in fp32 otherwise. "triton"
+        # forces the kernel (CPU tensors need TRITON_INTERPRET=1); "torch" the PyTorch map.
+        self.impl = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_triton(x):
+            self._check_input(x)
+            from .kernels import triton_hedgehog_map
+
+            return triton_hedgehog_map(x, self.weight)
+        return super().forward(x)
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.impl not in self.IMPLS:
+            raise ValueError(f"impl must be one of {self.IMPLS}, got {self.impl!r}")
+        if self.impl != "auto":
+            return self.impl == "triton"
+        if not (isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+            return False
+        try:
+            from .kernels.hedgehog_map import hedgehog_map_fits
+        except ImportError:  # no Triton: the PyTorch map
+            return False
+        return hedgehog_map_fits(self.head_dim, self.proj_dim)
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         return hedgehog_phi(x, self.weight)

@@ -1,0 +1,131 @@
+"""The Hedgehog feature map as a Triton kernel pair: phi(x) written once in the input's dtype.
+
+Math (SPEC.md "Hedgehog feature map"), per batch element, head h and token:
+
+    phi(x) = clamp(concat(softmax(x W_h), softmax(-x W_h)), min=1e-12)        x [K], W_h [K, f], phi [2f]
+
+Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` (PyTorch, which the module runs in fp32: for bf16
+inputs it reads x, writes an fp32 copy, the projection, two softmaxes, the concatenation and the clamp,
+and autograd keeps the fp32 softmax outputs for the backward). Here one program per (batch, head, tile of
+BT tokens) loads x and the widened projection W2 (_tl_helpers.load_w2), computes both softmaxes in
+registers and writes phi in x's dtype, in SPEC order (the softmax(z) half, then the softmax(-z) half);
+autograd saves only x. The backward recomputes the softmaxes, writes d(x W2) in fp32 (_tl_helpers.
+hedgehog_dz) and runs the projection's backward as two GEMMs (linear_attn.hedgehog_project_back).
+
+Precision: the projection dot takes fp32 operands (x is exact in TF32 when it is bf16/fp16; W is rounded to
+TF32 on the GPU, fp32 inputs use three-TF32 dots: _utils.dot_precision); softmaxes and sums in fp32.
+Shapes: x [B, H, T, K], w [H, K, f] -> phi [B, H, T, 2f]; K <= 128 and f <= 128.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tl_helpers import hedgehog_dz, hedgehog_fwd, load_rows, load_w2, store_rows
+from ._utils import block, check_device, check_tensor, dot_precision
+
+_BT = 64  # tokens per program
+
+
+@triton.jit
+def _spec_columns(FH: tl.constexpr, BF: tl.constexpr):
+    """Column of phi (SPEC order) for each interleaved kernel column c = (pos_0, neg_0, pos_1, ...), and
+    which columns are real features."""
+    o_c = tl.arange(0, BF)
+    return (o_c % 2) * FH + o_c // 2, (o_c // 2) < FH
+
+
+@triton.jit(do_not_specialize=["T"])
+def hedgehog_map_fwd_kernel(
+    x, w, phi, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(T, BT), B*H): phi of tokens [i_t BT, (i_t + 1) BT) of one (batch, head)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    x += i_bh64 * T * K
+    phi += i_bh64 * T * 2 * FH
+    b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, tl.float32)  # [BK, BF]
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    b_phi, _ = hedgehog_fwd(load_rows(x, o_t, m_t, K, BK), b_w, m_t, FH, BF, PREC)  # [BT, BF] interleaved
+    col, m_c = _spec_columns(FH, BF)
+    tl.store(phi + o_t[:, None] * 2 * FH + col[None, :], b_phi.to(phi.dtype.element_ty),
+             mask=m_t[:, None] & m_c[None, :])  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["T"])
+def hedgehog_map_bwd_kernel(
+    x, w, dphi, dz, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BF: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(T, BT), B*H): dz [B, H, T, 2f] fp32, the gradient of x W2 (interleaved columns)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    x += i_bh64 * T * K
+    dphi += i_bh64 * T * 2 * FH
+    dz += i_bh64 * T * 2 * FH
+    b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, tl.float32)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    _, b_p = hedgehog_fwd(load_rows(x, o_t, m_t, K, BK), b_w, m_t, FH, BF, PREC)  # softmaxes [BT, BF]
+    col, m_c = _spec_columns(FH, BF)
+    b_dphi = tl.load(dphi + o_t[:, None] * 2 * FH + col[None, :], mask=m_t[:, None] & m_c[None, :], other=0.0)
+    store_rows(dz, hedgehog_dz(b_dphi.to(tl.float32), b_p, BF), o_t, m_t, 2 * FH, BF)
+
+
+def _launch_args(x, w):
+    B, H, T, K = x.shape
+    FH = w.shape[-1]
+    grid = (triton.cdiv(T, _BT), B * H)
+    return grid, dict(H=H, K=K, FH=FH, BT=_BT, BK=block(K), BF=2 * block(FH), PREC=dot_precision(x.dtype))
+
+
+class HedgehogMapFunction(torch.autograd.Function):
+    """phi = hedgehog(x, w); saves x and w only (the backward recomputes the softmaxes)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        grid, meta = _launch_args(x, w)
+        phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
+        hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], **meta)
+        ctx.save_for_backward(x, w)
+        return phi
+
+    @staticmethod
+    def backward(ctx, dphi):
+        from .linear_attn import hedgehog_project_back
+
+        x, w = ctx.saved_tensors
+        grid, meta = _launch_args(x, w)
+        dz = x.new_empty(*x.shape[:3], 2 * w.shape[-1], dtype=torch.float32)  # [B, H, T, 2f]
+        hedgehog_map_bwd_kernel[grid](x, w, dphi.contiguous(), dz, x.shape[2], **meta)
+        dx, dw = hedgehog_project_back(dz, x, w)
+        return dx, dw
+
+
+def hedgehog_map_fits(head_dim: int, feature_dim: int) -> bool:
+    """Whether the kernel takes this map: K <= 128 and f <= 128 (the [K, 2f] fp32 projection tile)."""
+    return block(head_dim) <= 128 and block(feature_dim) <= 128
+
+
+def hedgehog_map(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Hedgehog feature map (Triton): x [B, H, T, K], weight [H, K, f] -> phi [B, H, T, 2f] in x's dtype,
+    differentiable w.r.t. both. Equals ``lolcats_lab.feature_maps.hedgehog_phi`` (SPEC.md)."""
+    check_tensor("x", x, 4, "[B, H, T, K]")
+    check_tensor("weight", weight, 3, "[H, K, f]")
+    check_device("x", x)
+    if weight.shape[:2] != (x.shape[1], x.shape[3]):
+        raise ValueError(
+            f"weight must have shape [H, K, f] with H={x.shape[1]}, K={x.shape[3]} (from x), got {tuple(weight.shape)}"
+        )
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}; move them to one device")
+    if not hedgehog_map_fits(x.shape[3], weight.shape[-1]):
+        raise ValueError(
+            f"the Triton Hedgehog map takes head_dim <= 128 and feature_dim <= 128, got {x.shape[3]} and "
+            f"{weight.shape[-1]}; use lolcats_lab.feature_maps.hedgehog_phi"
+        )
+    return HedgehogMapFunction.apply(x.contiguous(), weight.contiguous())

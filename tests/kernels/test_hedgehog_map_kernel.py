@@ -1,0 +1,99 @@
+"""The Triton Hedgehog feature map (kernels/hedgehog_map.py) against the PyTorch map, forward and gradients.
+
+CPU: Triton's interpreter in fp32 (exact dots), so tolerances are fp32's (tests/tolerances.py); bf16 on a
+GPU only (the interpreter's bf16 loads are wrong)."""
+
+import pytest
+import torch
+
+from lolcats_lab.feature_maps import hedgehog_phi
+from lolcats_lab.kernels import triton_hedgehog_map
+from tests.tolerances import TOLERANCES, check_close, rel_rms
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+pytestmark = pytest.mark.usefixtures("poison_empty")  # unwritten outputs show up as NaN
+
+
+def _case(B, H, T, K, f, dtype, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = (scale * torch.randn(B, H, T, K, generator=g)).to(DEVICE, dtype)
+    w = torch.randn(H, K, f, generator=g).to(DEVICE)  # fp32 weights, as the module keeps them
+    dphi = torch.randn(B, H, T, 2 * f, generator=g).to(DEVICE, dtype)
+    return x, w, dphi
+
+
+def _run(fn, x, w, dphi):
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    phi = fn(x, w)
+    phi.backward(dphi)
+    return phi, x.grad, w.grad
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 129])
+@pytest.mark.parametrize("K,f", [(16, 8), (12, 6), (20, 33)], ids=["K16-f8", "K12-f6", "K20-f33"])
+def test_map_matches_pytorch(T, K, f):
+    """Outputs in SPEC order (softmax(z) half first) and both gradients; T not a multiple of the 64-token
+    tile, K and f not powers of two (padded in-kernel)."""
+    x, w, dphi = _case(2, 3, T, K, f, torch.float32, seed=T + K)
+    want = _run(hedgehog_phi, x, w, dphi)
+    got = _run(triton_hedgehog_map, x, w, dphi)
+    for name, a, b in zip(("phi", "dx", "dw"), want, got):
+        check_close(name, a, b, **TOLERANCES[torch.float32])
+
+
+def test_map_large_logits_and_halves_in_order():
+    """Logits of +-40 (softmaxes saturate; the clamp at 1e-12 cuts gradients) and the two halves are where
+    the SPEC puts them: swapping them is far off (negative control)."""
+    x, w, dphi = _case(1, 2, 70, 16, 8, torch.float32, seed=1, scale=10.0)
+    want = _run(hedgehog_phi, x, w, dphi)
+    got = _run(triton_hedgehog_map, x, w, dphi)
+    for name, a, b in zip(("phi", "dx", "dw"), want, got):
+        check_close(name, a, b, **TOLERANCES[torch.float32])
+    swapped = torch.cat([got[0][..., 8:], got[0][..., :8]], -1)
+    assert rel_rms(want[0], swapped) > 0.1
+
+
+def test_map_rejects_bad_input():
+    x, w, _ = _case(1, 2, 8, 16, 8, torch.float32, seed=0)
+    with pytest.raises(ValueError, match=r"weight must have shape \[H, K, f\] with H=2, K=16"):
+        triton_hedgehog_map(x, w[:1])
+    with pytest.raises(ValueError, match=r"head_dim <= 128 and feature_dim <= 128, got 16 and 200"):
+        triton_hedgehog_map(x, torch.randn(2, 16, 200, device=DEVICE))
+    with pytest.raises(ValueError, match=r"^x must have shape \[B, H, T, K\] \(4 dims\)"):
+        triton_hedgehog_map(x[0], w)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU (run on the GPU machine with -m gpu)")
+def test_gpu_map_bf16():
+    """bf16 at the 8B recipe's shape (K = 128, f = 64): within bf16's tolerance of the fp32 PyTorch map."""
+    x, w, dphi = _case(2, 8, 1000, 128, 64, torch.bfloat16, seed=3)
+    want = _run(hedgehog_phi, x.float(), w, dphi.float())
+    got = _run(triton_hedgehog_map, x, w, dphi)
+    for name, a, b in zip(("phi", "dx", "dw"), want, got):
+        check_close(name, a, b.float(), **TOLERANCES[torch.bfloat16])
+
+
+def test_feature_map_module_uses_the_kernel_when_asked():
+    """HedgehogFeatureMap(impl="triton") runs the kernel (here in the interpreter) and equals impl="torch",
+    gradients of the weight included; "auto" keeps CPU / fp32 inputs on PyTorch; a bad impl is refused."""
+    from lolcats_lab.feature_maps import make_feature_map
+
+    fmap = make_feature_map("hedgehog", 2, 12, feature_dim=5, init="random").to(DEVICE)
+    x, _, dphi = _case(1, 2, 40, 12, 5, torch.float32, seed=9)
+    outs = []
+    for impl in ("torch", "triton"):
+        fmap.impl = impl
+        fmap.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = fmap(xi)
+        y.backward(dphi)
+        outs.append((y, xi.grad, fmap.weight.grad.clone()))
+    for name, a, b in zip(("phi", "dx", "dw"), *outs):
+        check_close(name, a, b, **TOLERANCES[torch.float32])
+    fmap.impl = "auto"
+    assert fmap._use_triton(x) == (DEVICE == "cuda" and x.dtype != torch.float32)
+    fmap.impl = "cuda"
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'torch', 'triton'\), got 'cuda'"):
+        fmap(x)
