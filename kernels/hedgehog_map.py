@@ -37,22 +37,29 @@ def _spec_columns(FH: tl.constexpr, BF: tl.constexpr):
     return (o_c % 2) * FH + o_c // 2, (o_c // 2) < FH
 
 
+@triton.jit
+def _tile_softmaxes(x, w, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """This program's tile, grid (cdiv(T, BT), B*H): (row offset of its (batch, head) in int64, token
+    positions o_t [BT], their mask, phi and the unclamped softmaxes [BT, BF] with interleaved columns)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh64 = i_bh.to(tl.int64)
+    b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, tl.float32)  # [BK, BF]
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    b_phi, b_p = hedgehog_fwd(load_rows(x + i_bh64 * T * K, o_t, m_t, K, BK), b_w, m_t, FH, BF, PREC)
+    return i_bh64, o_t, m_t, b_phi, b_p
+
+
 @triton.jit(do_not_specialize=["T"])
 def hedgehog_map_fwd_kernel(
     x, w, phi, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BF: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(T, BT), B*H): phi of tokens [i_t BT, (i_t + 1) BT) of one (batch, head)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_bh64 = i_bh.to(tl.int64)
-    x += i_bh64 * T * K
-    phi += i_bh64 * T * 2 * FH
-    b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, tl.float32)  # [BK, BF]
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    b_phi, _ = hedgehog_fwd(load_rows(x, o_t, m_t, K, BK), b_w, m_t, FH, BF, PREC)  # [BT, BF] interleaved
+    i_bh64, o_t, m_t, b_phi, _ = _tile_softmaxes(x, w, T, H, K, FH, BT, BK, BF, PREC)
     col, m_c = _spec_columns(FH, BF)
-    tl.store(phi + o_t[:, None] * 2 * FH + col[None, :], b_phi.to(phi.dtype.element_ty),
+    tl.store(phi + i_bh64 * T * 2 * FH + o_t[:, None] * 2 * FH + col[None, :], b_phi.to(phi.dtype.element_ty),
              mask=m_t[:, None] & m_c[None, :])  # fmt: skip
 
 
@@ -62,18 +69,11 @@ def hedgehog_map_bwd_kernel(
     BF: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(T, BT), B*H): dz [B, H, T, 2f] fp32, the gradient of x W2 (interleaved columns)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_bh64 = i_bh.to(tl.int64)
-    x += i_bh64 * T * K
-    dphi += i_bh64 * T * 2 * FH
-    dz += i_bh64 * T * 2 * FH
-    b_w = load_w2(w + (i_bh % H).to(tl.int64) * K * FH, K, FH, BK, BF, tl.float32)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    _, b_p = hedgehog_fwd(load_rows(x, o_t, m_t, K, BK), b_w, m_t, FH, BF, PREC)  # softmaxes [BT, BF]
+    i_bh64, o_t, m_t, _, b_p = _tile_softmaxes(x, w, T, H, K, FH, BT, BK, BF, PREC)
     col, m_c = _spec_columns(FH, BF)
-    b_dphi = tl.load(dphi + o_t[:, None] * 2 * FH + col[None, :], mask=m_t[:, None] & m_c[None, :], other=0.0)
-    store_rows(dz, hedgehog_dz(b_dphi.to(tl.float32), b_p, BF), o_t, m_t, 2 * FH, BF)
+    p_dphi = dphi + i_bh64 * T * 2 * FH + o_t[:, None] * 2 * FH + col[None, :]
+    b_dphi = tl.load(p_dphi, mask=m_t[:, None] & m_c[None, :], other=0.0).to(tl.float32)
+    store_rows(dz + i_bh64 * T * 2 * FH, hedgehog_dz(b_dphi, b_p, BF), o_t, m_t, 2 * FH, BF)
 
 
 def _launch_args(x, w):

@@ -115,6 +115,17 @@ def _reverse_start(c0, T, W, BT: tl.constexpr, TK: tl.constexpr):
 
 
 @triton.jit
+def _key_tile(k, v, o_i, j0, jend, T, W, NS, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+              BK: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr):  # fmt: skip
+    """The key tile [j0, min(j0 + BT, jend)) for queries o_i: positions o_j, their mask, k and v tiles
+    [BT, BK] / [BT, BV], and the window and linear masks [len(o_i), BT] (loaded keys only)."""
+    o_j = j0 + tl.arange(0, BT)
+    m_j = o_j < jend
+    m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
+    return o_j, m_j, _rows(k, o_j, m_j, K, BK), _rows(v, o_j, m_j, V, BV), m_w & m_j[None, :], m_l & m_j[None, :]
+
+
+@triton.jit
 def _fwd_step(
     k, v, fk, b_q, b_fq, o_i, j0, jend, b_m, b_idx, b_aw, b_lw, b_al, b_ll, T, W, NS, scale,
     K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -124,12 +135,7 @@ def _fwd_step(
     """Add the key tile [j0, min(j0 + BT, jend)) to one query tile's running sums (online window max).
     LIN False: the caller knows no key of the tile is linear for these queries (the linear dots are
     skipped); ARG False: the argmax is not needed (forward only)."""
-    o_j = j0 + tl.arange(0, BT)
-    m_j = o_j < jend
-    b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
-    b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
-    m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
-    m_w = m_w & m_j[None, :]
+    o_j, m_j, b_k, b_v, m_w, m_l = _key_tile(k, v, o_i, j0, jend, T, W, NS, K, V, BT, BK, BV, TK)
     b_s = tl.where(m_w, _dot(b_q, tl.trans(b_k), DT, PREC) * scale, float("-inf"))  # [BT, BT]
     t_max = tl.max(b_s, 1)
     if ARG:
@@ -143,7 +149,7 @@ def _fwd_step(
     b_lw = b_lw * alpha + tl.sum(b_p, 1)
     if LIN:
         b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
-        b_a = tl.where(m_l & m_j[None, :], _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)  # [BT, BT]
+        b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)  # [BT, BT]
         b_al += _dot(b_a, b_v, DT, PREC)
         b_ll += tl.sum(b_a, 1)
     return m_new, b_idx, b_aw, b_lw, b_al, b_ll
@@ -206,18 +212,13 @@ def _dq_step(
     dfq). LIN False: the tile holds window keys only for these queries; g = dn . v - dd then only weights
     the window probabilities, as dP - D in FlashAttention's backward, and its dot takes half-precision
     operands (DT); with linear keys it keeps fp32 operands (the linear gradient cancels, see linear_attn.py)."""
-    o_j = j0 + tl.arange(0, BT)
-    m_j = o_j < jend
-    b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
-    b_v = _rows(v, o_j, m_j, V, BV)  # [BT, BV]
-    m_w, m_l = _masks(o_i, o_j, T, W, NS, TK)
-    m_w = m_w & m_j[None, :]
+    o_j, m_j, b_k, b_v, m_w, m_l = _key_tile(k, v, o_i, j0, jend, T, W, NS, K, V, BT, BK, BV, TK)
     b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
     b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
     if LIN:
         b_g = _dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None]  # fp32 operands: cancellation
         b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
-        b_dfq += _dot(tl.where(m_l & m_j[None, :], b_g, 0.0), b_fk, DT, PREC)
+        b_dfq += _dot(tl.where(m_l, b_g, 0.0), b_fk, DT, PREC)
     else:
         b_g = _dot(b_dn, tl.trans(b_v), DT, PREC) + b_dd[:, None]  # [BT, BT]
     b_dq += _dot(b_e * b_g, b_k, DT, PREC)
