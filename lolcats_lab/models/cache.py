@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from ..attention.hybrid import HybridCache, hybrid_decode_step, prefill_hybrid_cache
+from ..attention.hybrid_decode import HybridCache, hybrid_decode_step, prefill_hybrid_cache
 
 __all__ = ["LinearizedCacheLayer", "advance_seen", "linearized_cache_layer"]
 

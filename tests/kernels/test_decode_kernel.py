@@ -10,8 +10,9 @@ PyTorch decode step run on that row alone. CPU runs use Triton's interpreter.
 import pytest
 import torch
 
-from lolcats_lab.attention.hybrid import hybrid_decode_step as torch_decode_step
-from lolcats_lab.attention.hybrid import naive_hybrid_attn, prefill_hybrid_cache
+from lolcats_lab.attention.hybrid import naive_hybrid_attn
+from lolcats_lab.attention.hybrid_decode import hybrid_decode_step as torch_decode_step
+from lolcats_lab.attention.hybrid_decode import prefill_hybrid_cache
 from lolcats_lab.kernels import triton_hybrid_decode_step as hybrid_decode_step
 from lolcats_lab.kernels.decode import RingHybridCache
 from tests.tolerances import TOLERANCES, check_close, rel_rms
