@@ -294,6 +294,41 @@ with torch.no_grad():
 out.shape[1] == prompt.shape[1] + NEW_TOKENS
 
 # %% [markdown]
+# At full size the constant-size cache is also what makes decoding fast: a softmax step must read the whole
+# KV cache (32 GiB at batch 8 after a 32k-token prompt), a linearized step only its state (1.3 GiB). On a
+# GPU the linearized cache steps through a Triton kernel with positions kept on the device, so one greedy
+# step of the whole model can be captured in a CUDA graph and replayed without Python in the loop. Recorded
+# on an H100 (`benchmarks/bench_8b.py --sections d`, random 8B-shaped weights, batch 8; the softmax model's
+# KV cache in a transformers `StaticCache`, the faster of its two SDPA variants):
+
+# %%
+import json
+import pathlib
+
+import plotly.graph_objects as go
+
+GEN = pathlib.Path("..") / "benchmarks" / "results" / "NVIDIA_H100_80GB_HBM3-8b-generation-2026-11-23.json"
+runs = json.loads(GEN.read_text())["sections"]["d"]["runs"]
+step_ms = {(r["mode"], r["prompt"], harness): (r["graph"]["ms_per_step"] if harness == "graph" else r["decode_ms_per_step"])
+           for r in runs for harness in ("eager", "graph")}  # fmt: skip
+labels = [f"{harness}, {p // 1024}k prompt" for harness in ("eager", "graph") for p in (2048, 32768)]
+fig = go.Figure([
+    go.Bar(name=mode, x=labels, y=[step_ms[mode, p, h] for h in ("eager", "graph") for p in (2048, 32768)])
+    for mode in ("softmax", "linear")
+])  # fmt: skip
+fig.update_layout(barmode="group", yaxis_title="ms per decode step (batch 8)", height=360,
+                  title="8B-shaped model on an H100: softmax vs linearized decoding")  # fmt: skip
+fig.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+ratio_32k = step_ms["softmax", 32768, "graph"] / step_ms["linear", 32768, "graph"]
+linear_peaks = [r["decode_peak_gib"] for r in runs if r["mode"] == "linear"]
+softmax_peaks = [r["decode_peak_gib"] for r in runs if r["mode"] == "softmax"]
+assert ratio_32k > 3 and max(linear_peaks) - min(linear_peaks) < 0.5 < max(softmax_peaks) - min(softmax_peaks)
+round(ratio_32k, 1), round(max(linear_peaks), 1), round(max(softmax_peaks), 1)
+
+# %% [markdown]
 # ## Scale it up
 #
 # * **The real model on one GPU:** `REAL_8B = True` above, `MODEL_PATH` a local directory with the sharded
