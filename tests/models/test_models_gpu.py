@@ -1,7 +1,8 @@
 """CUDA: the wrapper on a GPU model with the Triton kernels (impl="triton"; "auto" picks them for fp16/bf16).
 
 The Triton forms are compared with the PyTorch chunked form on the same model (forward and the gradient
-of the transfer loss), and decoding (PyTorch decode steps after a Triton prefill) with the full pass.
+of the transfer loss), and decoding (Triton decode steps on the ring cache after a Triton prefill) with the
+full pass.
 """
 
 import pytest
