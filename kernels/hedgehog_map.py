@@ -102,8 +102,8 @@ class HedgehogMapFunction(torch.autograd.Function):
         grid, meta = _launch_args(x, w)
         dz = x.new_empty(*x.shape[:3], 2 * w.shape[-1], dtype=torch.float32)  # [B, H, T, 2f]
         hedgehog_map_bwd_kernel[grid](x, w, dphi.contiguous(), dz, x.shape[2], **meta)
-        dx, dw = hedgehog_project_back(dz, x, w)
-        return dx, dw
+        # stage 1 trains only the maps: x (from frozen projections) then needs no gradient, and no GEMM for it
+        return hedgehog_project_back(dz, x, w, need_dx=ctx.needs_input_grad[0])
 
 
 def hedgehog_map_fits(head_dim: int, feature_dim: int) -> bool:

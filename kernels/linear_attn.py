@@ -379,22 +379,24 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     return dq, dk, dv, dwq, dwk
 
 
-def hedgehog_project_back(dz2, x, w):
+def hedgehog_project_back(dz2, x, w, need_dx: bool = True):
     """The Hedgehog projection's backward as two GEMMs over the whole sequence (cuBLAS on the GPU).
 
     dz2 [B, H, T, 2f]: the gradient of z2 = x W2 from the kernels (interleaved, see load_w2; x's dtype or
     fp32); x [B, XH, T, K] (XH dividing H: grouped-query keys, shared by H / XH query heads), w [H, K, f].
     With z = x w,
     dz = dz2[..., 0::2] - dz2[..., 1::2]; returns dx = sum over each head group of dz w^T [B, XH, T, K] (x's
-    dtype) and dw = sum_b x^T dz [H, K, f] (w's dtype)."""
+    dtype; None when not need_dx) and dw = sum_b x^T dz [H, K, f] (w's dtype)."""
     B, H, T, _ = dz2.shape
     XH, K, f = x.shape[1], x.shape[-1], w.shape[-1]
     G = H // XH
     dz = (dz2[..., 0::2] - dz2[..., 1::2]).to(x.dtype)  # [B, H, T, f] in x's dtype (GEMM operands)
     dz_g = dz.view(B, XH, G, T, f)
     w_g = w.to(x.dtype).view(XH, G, K, f)
-    dx = torch.einsum("bngtf,ngkf->bntk", dz_g, w_g)  # [B, XH, T, K], summed over the G heads in the GEMM
     dw = torch.einsum("bntk,bngtf->ngkf", x, dz_g).reshape(H, K, f)  # [H, K, f]
+    if not need_dx:
+        return None, dw.to(w.dtype)
+    dx = torch.einsum("bngtf,ngkf->bntk", dz_g, w_g)  # [B, XH, T, K], summed over the G heads in the GEMM
     return dx.to(x.dtype), dw.to(w.dtype)
 
 

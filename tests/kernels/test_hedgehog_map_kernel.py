@@ -97,3 +97,14 @@ def test_feature_map_module_uses_the_kernel_when_asked():
     fmap.impl = "cuda"
     with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'torch', 'triton'\), got 'cuda'"):
         fmap(x)
+
+
+def test_map_weight_gradient_alone():
+    """x without gradient (stage 1: q, k from frozen projections): the weight's gradient is unchanged and
+    x gets none."""
+    x, w, dphi = _case(1, 2, 33, 12, 6, torch.float32, seed=4)
+    want = _run(hedgehog_phi, x, w, dphi)[2]
+    wg = w.detach().clone().requires_grad_()
+    triton_hedgehog_map(x, wg).backward(dphi)
+    check_close("dw", want, wg.grad, **TOLERANCES[torch.float32])
+    assert x.grad is None
