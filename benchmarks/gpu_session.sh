@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: install, GPU tests, then benchmarks, each step under its own time limit so
+# that a stall (a kernel compiling for minutes, a hung test) costs that step only. Results go to $OUT (the
+# device tool's output folder; default ./gpu-out). Steps are chosen by name, in the order given:
+#
+#   bash benchmarks/gpu_session.sh tests kernels decode      # ~8 min on an H100
+#   bash benchmarks/gpu_session.sh 8b-train 8b-gen           # ~8 min
+#
+# Steps:
+#   tests     pytest -m gpu (kernels, models), fp32 tests last; one line per test in $OUT/tests.log
+#   kernels   bench_attention.py, 1k..64k, ours + SDPA + fla (when installed), no decode
+#   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
+#   decode    the decode step alone (bench_attention.py --providers none)
+#   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
+#   tune      bench_attention.py --tune at 4k and 32k (tile size x programs per SM)
+#   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
+#   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
+# Optional: flash-linear-attention wheels in .whl/ (git-ignored) are installed with --no-deps into a
+# separate folder on PYTHONPATH (pass `.whl` in the device tool's carry list).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+run() {  # run LIMIT_S NAME CMD...: one step under its time limit, its output in $OUT/NAME.log
+    local limit=$1 name=$2
+    shift 2
+    echo "== $name (limit ${limit}s)"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    grep -v -i "warn" "$OUT/$name.log" | tail -25
+    echo "== $name rc=$rc"
+}
+
+GPU_TESTS="tests/kernels tests/models/test_models_gpu.py tests/models/test_triton_decode_cache.py"
+for step in "$@"; do
+    case $step in
+        tests)
+            run 200 tests-half python3 -m pytest -m gpu $GPU_TESTS -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q
+            run 120 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
+        kernels)
+            run 330 kernels python3 benchmarks/bench_attention.py --no-decode --out "$OUT/kernels.json" \
+                --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 triton_hybrid_tk ;;
+        hybrid64)
+            run 90 hybrid64 python3 benchmarks/bench_attention.py --no-decode --lengths 16384 32768 \
+                --providers triton_hybrid_tk triton_hybrid_tk_c64 --out "$OUT/hybrid64.json" ;;
+        decode)
+            run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
+        profile)
+            run 90 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --out "$OUT/profile.json" ;;
+        tune)
+            run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 32768 --out "$OUT/tune.json" ;;
+        8b-train)
+            run 420 8b-train python3 benchmarks/bench_8b.py --sections a,b,c --budget-s 400 --out "$OUT/8b-train.json" ;;
+        8b-gen)
+            run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
+                --out "$OUT/8b-gen.json" ;;
+        *)
+            echo "unknown step: $step (see the header of $0)"; exit 2 ;;
+    esac
+done
