@@ -23,10 +23,11 @@ never synchronises with the host, so it can be captured once in a CUDA graph and
 
 One program per (batch, head) per step: (1) folds into S, z the keys that leave the window at this step
 (sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new token
-itself unless it is a sink), as exact fp32 rank-1 updates, (2) attends to the valid ring slots, the
-sinks and the new token (held in registers), (3) writes S, z back in place and then the new token into
-its slot. State and window are read once and the state written once, which is the memory-bandwidth bound
-of the step. Slot validity comes from positions: slot s holds the latest position p' <= p with
+itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands multiply exactly, the
+others as fp32 rank-1 updates), (2) attends to the valid ring slots, the sinks and the new token (held in
+registers), (3) writes S, z back in place when (1) changed them (tk: once per block of w steps) and then
+the new token into its slot. State and window are read once and the state written at most once: the
+memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
 p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
 """
 
@@ -112,6 +113,7 @@ def hybrid_decode_kernel(
         b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
         b_S += b_fkn[:, None] * b_v[None, :]
         b_z += b_fkn
+        changed = p >= NS
     else:
         if TK:  # a whole block of W keys at once, BC rows per dot
             n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
@@ -123,11 +125,13 @@ def hybrid_decode_kernel(
                 b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
                 b_S += tl.dot(tl.trans(b_fkr.to(DT)), _rows(vb, slot + o_r, m_r, V, BV).to(DT), input_precision=PREC)
                 b_z += tl.sum(b_fkr, 0)
+            changed = n_fold > 0
         else:  # one key: an exact fp32 rank-1 update
             m_r = (p >= W) & (p - W >= NS)
             b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
             b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
             b_z += b_fkr
+            changed = m_r
     # (2) attention over window keys with an online max: the new token, ring slots, sinks
     b_sn = tl.sum(b_q * b_k, 0) * scale
     if LIN:
@@ -158,8 +162,9 @@ def hybrid_decode_kernel(
     b_num = gamma * b_acc + tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
     b_den = gamma * b_l + tl.sum(b_fq * b_z, 0) + eps
     tl.store(y + o_v, (b_num / b_den).to(y.dtype.element_ty), mask=o_v < V)
-    tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
-    tl.store(z + o_f, b_z, mask=o_f < F)
+    if changed:  # the state is written back only when a key was folded in (tk: once per block of w steps)
+        tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
+        tl.store(z + o_f, b_z, mask=o_f < F)
     tl.debug_barrier()  # the fold above read the slot written below
     o_k = tl.arange(0, BK)
     p_sink = tl.minimum(p, NSC - 1)  # in bounds even where the store is masked off
