@@ -159,6 +159,52 @@ round(linear_growth, 1), round(sdpa_growth, 1), round(hedgehog_vs_fla_64k, 2)
 benchmark_figure(results, mode="fwd+bwd", metric="peak_MiB").show()
 
 # %% [markdown]
+# ### Where the time goes
+#
+# `benchmarks/profile_kernels.py` runs one forward+backward under `torch.profiler` and sums the GPU time
+# per kernel. Below: the kernels of the previous session's code (before the segment scan became its own
+# kernel), grouped. At 1k tokens about half of the linear op's GPU time went to PyTorch's cumsum, flip and
+# copy over the per-segment states: the plan then cut 1k tokens into 33 one-chunk segments, 69 MB of fp32
+# states. That profile is why segments now hold at least 256 tokens and are scanned by one small kernel.
+# The dots mark the wall time of the same call: where a dot sits far above its bar, the GPU waits for the
+# host to launch work (SDPA at 1k is one fused kernel pair, and still waits).
+
+# %%
+import plotly.graph_objects as go
+
+PROFILE = RESULTS_DIR / "NVIDIA_H100_80GB_HBM3-2026-11-23-profile-before-scan.json"
+profile_rows = json.loads(PROFILE.read_text())["rows"]
+
+
+def kernel_group(name):
+    if name.startswith(("linear_attn", "hybrid_attn", "segment_")):
+        return "our Triton kernels"
+    if "cudnn" in name or "flash" in name:
+        return "cuDNN attention"
+    return "PyTorch ops (scan, flip, copies)"
+
+
+groups = ["our Triton kernels", "PyTorch ops (scan, flip, copies)", "cuDNN attention"]
+labels = [f"{r['op'].replace('triton_', '')} {r['T'] // 1024}k" for r in profile_rows]
+fig = go.Figure()
+for g in groups:
+    ms_g = [sum(ms for k, ms in r["kernels_ms"].items() if kernel_group(k) == g) for r in profile_rows]
+    fig.add_bar(name=g, x=labels, y=ms_g)
+fig.add_scatter(name="wall time", x=labels, y=[r["wall_ms"] for r in profile_rows], mode="markers",
+                marker=dict(color="black", size=9))  # fmt: skip
+fig.update_layout(barmode="stack", yaxis_type="log", yaxis_title="ms per forward+backward (H100, bf16)",
+                  height=380, title="GPU time per kernel group vs wall time (session-2 kernels)")  # fmt: skip
+fig.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+linear_1k = next(r for r in profile_rows if r["op"] == "triton_linear" and r["T"] == 1024)
+torch_share = sum(ms for k, ms in linear_1k["kernels_ms"].items() if kernel_group(k).startswith("PyTorch"))
+torch_share /= linear_1k["kernel_sum_ms"]
+assert 0.3 < torch_share < 0.7
+round(torch_share, 2)
+
+# %% [markdown]
 # **Exercise.** The hybrid kernel's window spans the current and the previous 64-token block. Which part
 # of the chunked algorithm changes, and why can the linear state still be updated once per chunk?
 #
