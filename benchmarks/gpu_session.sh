@@ -15,6 +15,8 @@
 #   tune      bench_attention.py --tune at 4k and 32k (tile size x programs per SM)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
+#   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
+#             the 2-GPU kind), and the speedup from the two timing.json files (issue 8: >= 1.8x)
 # Optional: flash-linear-attention wheels in .whl/ (git-ignored) are installed with --no-deps into a
 # separate folder on PYTHONPATH (pass `.whl` in the device tool's carry list).
 set -uo pipefail
@@ -62,6 +64,20 @@ for step in "$@"; do
         8b-gen)
             run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
                 --out "$OUT/8b-gen.json" ;;
+        dist)
+            n_gpu=$(nvidia-smi -L | wc -l)
+            for n in 1 "$n_gpu"; do
+                run 300 "dist-$n" python3 -m torch.distributed.run --standalone --nproc-per-node "$n" \
+                    -m lolcats_lab.scale.distributed transfer --model random:llama3-8b --data random \
+                    --train-sequences 16 --batch-size 4 --steps 10 --out "$OUT/dist-$n"
+            done
+            python3 - "$OUT/dist-1/timing.json" "$OUT/dist-$n_gpu/timing.json" <<'PY'
+import json, sys
+one, many = (json.load(open(p)) for p in sys.argv[1:])
+print(f"stage 1: {one['seconds']} s on 1 GPU, {many['seconds']} s on {many['world_size']}: "
+      f"{one['seconds'] / many['seconds']:.2f}x")
+PY
+            ;;
         *)
             echo "unknown step: $step (see the header of $0)"; exit 2 ;;
     esac

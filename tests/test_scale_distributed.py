@@ -6,6 +6,7 @@ with each rank on half the rows must give the single-process step on all rows (t
 token counts is the average of the ranks' means, which is what FSDP's gradient averaging computes).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,9 @@ def test_two_gloo_ranks_give_the_single_process_maps(tmp_path):
     """torchrun, 2 gloo processes, layers {0,1,2} / {3} (prefix cost 0.2): the saved maps equal a
     single-process transfer_layerwise (fp32 CPU, one thread each: measured bit-identical; 1e-6 allowed)."""
     _torchrun("transfer", tmp_path)
+    timing = json.loads((tmp_path / "timing.json").read_text())  # what a 1-vs-N-device comparison reads
+    assert timing["world_size"] == 2 and timing["seconds"] > 0
+    assert timing["trained_tokens"] == RUN["layers"] * RUN["steps"] * RUN["batch"] * RUN["seq_len"]
     got = load_file(str(tmp_path / "checkpoint" / "linearized.safetensors"))
     ref = _model()
     init = {k: v.clone() for k, v in ref.state_dict().items() if k in got}
@@ -138,6 +142,9 @@ def test_fsdp_lora_on_two_gloo_ranks_equals_one_process_on_all_rows(tmp_path):
     the rounding differs: measured max |diff| 6.9e-7 (weights up to 0.13); allowed 5e-6 + 1e-4 relative. A
     wrong split (e.g. one rank's rows only) moves LoRA B by ~lr = 1e-4 per step, far outside that."""
     _torchrun("lora", tmp_path)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["stage"] == "lora" and timing["world_size"] == 2
+    assert timing["trained_tokens"] == 2 * RUN["steps"] * RUN["batch"] * RUN["seq_len"]
     got = load_file(str(tmp_path / "lora.safetensors"))
     ref = _model()
     torch.manual_seed(RUN["seed"])

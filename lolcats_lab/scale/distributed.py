@@ -24,6 +24,9 @@ so each rank holds ~1/world of the weights. Ranks take disjoint slices of the tr
 averages the gradients, so with equal token counts per rank a step equals a single-process step on the
 union of the ranks' batches.
 
+Both stages write ``timing.json`` (rank 0): the stage's wall time between barriers and the tokens trained,
+so a run on N devices compares with the same command on one (``benchmarks/gpu_session.sh dist``).
+
 Entry point (one process per GPU; ``gloo`` on CPU)::
 
     torchrun --nproc-per-node 2 -m lolcats_lab.scale.distributed transfer --model DIR --out runs/8b ...
@@ -37,6 +40,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -289,6 +293,41 @@ def _data(args, model, tok, device) -> torch.Tensor:
     return data.train.to(device)
 
 
+class _StageClock:
+    """Wall time of a stage across ranks: every rank starts after a barrier, and the time stops once the
+    slowest rank is done (device work finished, then a barrier)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sync()
+        dist.barrier()
+        self.t0 = time.perf_counter()
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def stop(self) -> float:
+        self._sync()
+        dist.barrier()
+        return time.perf_counter() - self.t0
+
+
+def _write_timing(out: Path, args, world: int, seconds: float, *, trained_tokens: int, data_tokens: int) -> None:
+    """out/timing.json (rank 0): the stage's wall time, so a run on N devices can be compared with one on 1.
+    trained_tokens: tokens through the trained part (transfer: layers x steps x batch x seq, summed over
+    ranks; lora: steps x batch x seq per rank x ranks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    record = dict(stage=args.stage, world_size=world, device=device, model=args.model, seconds=round(seconds, 3),
+                  trained_tokens=trained_tokens, trained_tokens_per_s=round(trained_tokens / seconds, 1),
+                  data_tokens=data_tokens, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                  prefix_cost=args.prefix_cost if args.stage == "transfer" else None)  # fmt: skip
+    tmp = out / "timing.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out / "timing.json")  # atomic: a reader never sees half a file
+
+
 def main(argv: list[str] | None = None) -> int:
     from .presets import PAPER_RECIPE
 
@@ -348,11 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         model, tok = _build_model(args, device, args.checkpoint if args.stage == "lora" else None)
         ids = _data(args, model, tok, device)
         out = Path(args.out)
+        clock = _StageClock(device)
         if args.stage == "transfer":
             cfg = TransferConfig(steps=args.steps, lr=args.lr or PAPER_RECIPE.transfer_lr, batch_size=args.batch_size,
                                  mse_scale=PAPER_RECIPE.mse_scale, seed=args.seed, progress=rank == 0)
             histories = transfer_layerwise_sharded(model, ids, cfg, prefix_cost=args.prefix_cost)
+            seconds = clock.stop()
             if rank == 0:
+                n_layers = len(decoder_layers(model))
+                _write_timing(out, args, world, seconds, trained_tokens=n_layers * args.steps * args.batch_size * args.seq_len,
+                              data_tokens=ids.numel())  # fmt: skip
                 save_linearized(model, out / "checkpoint")
                 (out / "history.json").write_text(json.dumps({str(l): h for l, h in histories.items()}))
         else:
@@ -361,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_size=args.batch_size, seed=args.seed, progress=rank == 0)
             torch.manual_seed(args.seed)  # identical LoRA initialisation on every rank
             result = finetune_lora_fsdp(model, ids, settings, grad_checkpointing=args.grad_checkpointing)
+            seconds = clock.stop()
+            if rank == 0:
+                _write_timing(out, args, world, seconds, trained_tokens=world * args.steps * args.batch_size * args.seq_len,
+                              data_tokens=ids.numel())  # fmt: skip
             state = full_trainable_state(model)
             if rank == 0:
                 from safetensors.torch import save_file
