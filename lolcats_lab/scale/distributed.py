@@ -317,15 +317,15 @@ def _write_timing(out: Path, args, world: int, seconds: float, *, trained_tokens
     """out/timing.json (rank 0): the stage's wall time, so a run on N devices can be compared with one on 1.
     trained_tokens: tokens through the trained part (transfer: layers x steps x batch x seq, summed over
     ranks; lora: steps x batch x seq per rank x ranks)."""
+    from ..io import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     record = dict(stage=args.stage, world_size=world, device=device, model=args.model, seconds=round(seconds, 3),
                   trained_tokens=trained_tokens, trained_tokens_per_s=round(trained_tokens / seconds, 1),
                   data_tokens=data_tokens, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                   prefix_cost=args.prefix_cost if args.stage == "transfer" else None)  # fmt: skip
-    tmp = out / "timing.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out / "timing.json")  # atomic: a reader never sees half a file
+    atomic_write_text(out / "timing.json", json.dumps(record, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
