@@ -73,6 +73,16 @@ def check_same_dtype_device(**tensors: torch.Tensor) -> None:
             raise ValueError(f"{name} is on {x.device} but {name0} is on {x0.device}; move them to one device")
 
 
+def check_projection(name: str, w: torch.Tensor, x_name: str, x: torch.Tensor) -> None:
+    """A per-head Hedgehog projection w [H, K, f] for inputs x [B, H, T, K]: shape and device."""
+    check_tensor(name, w, 3, "[H, K, f]")
+    H, K = x.shape[1], x.shape[3]
+    if w.shape[:2] != (H, K):
+        raise ValueError(f"{name} must have shape [H, K, f] with H={H}, K={K} (from {x_name}), got {tuple(w.shape)}")
+    if w.device != x.device:
+        raise ValueError(f"{name} is on {w.device} but {x_name} is on {x.device}; move them to one device")
+
+
 def check_chunk_size(chunk_size: int) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 16:
         raise ValueError(f"chunk_size must be an int >= 16 (a power of two; tl.dot needs 16), got {chunk_size!r}")

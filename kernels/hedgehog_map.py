@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._tl_helpers import hedgehog_dz, hedgehog_fwd, load_rows, load_w2, store_rows
-from ._utils import block, check_device, check_tensor, dot_precision
+from ._utils import block, check_device, check_projection, check_tensor, dot_precision
 
 _BT = 64  # tokens per program
 
@@ -115,14 +115,8 @@ def hedgehog_map(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Hedgehog feature map (Triton): x [B, H, T, K], weight [H, K, f] -> phi [B, H, T, 2f] in x's dtype,
     differentiable w.r.t. both. Equals ``lolcats_lab.feature_maps.hedgehog_phi`` (SPEC.md)."""
     check_tensor("x", x, 4, "[B, H, T, K]")
-    check_tensor("weight", weight, 3, "[H, K, f]")
     check_device("x", x)
-    if weight.shape[:2] != (x.shape[1], x.shape[3]):
-        raise ValueError(
-            f"weight must have shape [H, K, f] with H={x.shape[1]}, K={x.shape[3]} (from x), got {tuple(weight.shape)}"
-        )
-    if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device} but x is on {x.device}; move them to one device")
+    check_projection("weight", weight, "x", x)
     if not hedgehog_map_fits(x.shape[3], weight.shape[-1]):
         raise ValueError(
             f"the Triton Hedgehog map takes head_dim <= 128 and feature_dim <= 128, got {x.shape[3]} and "

@@ -71,6 +71,7 @@ from ._utils import (
     autotune_configs,
     block,
     check_chunk_size,
+    check_projection,
     check_segment_chunks,
     check_same_dtype_device,
     check_tensor,
@@ -490,17 +491,13 @@ def hedgehog_linear_attn(
     _check_common(v, eps, chunk_size, segment_chunks, q=q, k=k)
     H, K = q.shape[1], q.shape[3]
     for name, w in (("wq", wq), ("wk", wk)):
-        check_tensor(name, w, 3, "[H, K, f]")
-        if w.shape[:2] != (H, K):
-            raise ValueError(f"{name} must have shape [H, K, f] with H={H}, K={K} (from q), got {tuple(w.shape)}")
-        if w.device != q.device:
-            raise ValueError(f"{name} is on {w.device} but q is on {q.device}; move them to one device")
+        check_projection(name, w, "q", q)
     if wq.shape != wk.shape:
         raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
     if not fused_hedgehog_fits(K, wq.shape[-1], q.dtype):
-        # the fused kernels' backward holds three [K, 2f] projection tiles plus the [2f, D] state as dot
-        # operands: at K = 128, f = 128 that is 280-320 KB of shared memory (compiled for sm_90), above
-        # the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
+        # the fused kernels hold the [K, 2f] projection tiles of q and k plus the [2f, D] state as dot
+        # operands: at K = 128, f = 128 that is 256 KB of shared memory in bf16 (compiled for sm_90,
+        # results/kernel-resources-sm90-2026-11-23.json), above the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
         from lolcats_lab.feature_maps import hedgehog_phi  # the library's map, in fp32
 
         fq = hedgehog_phi(q.float(), wq).to(v.dtype)  # [B, H, T, 2f]
