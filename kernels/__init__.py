@@ -59,12 +59,12 @@ def triton_hedgehog_map(x, weight):
     return hedgehog_map(x, weight)
 
 
-def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=None, eps=1e-12, block_v=None):
+def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=None, eps=1e-12):
     """One batched decoding step against a ``lolcats_lab.kernels.decode.RingHybridCache`` (updated in place)."""
     _require_triton()
     from .decode import hybrid_decode_step
 
-    return hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, scale=scale, eps=eps, block_v=block_v)
+    return hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, scale=scale, eps=eps)
 
 
 __all__ = ["triton_hedgehog_linear_attn", "triton_hedgehog_map", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]

@@ -9,13 +9,10 @@ over window keys. Reference: ``lolcats_lab.attention.hybrid.hybrid_decode_step``
 row p of ``naive_hybrid_attn`` (SPEC.md "Decoding must equal training").
 
 Cache layout (:class:`RingHybridCache`, all [B, H, ...]; memory constant in the context length):
-    S [F, D], z_pair [2, F]             fp32 linear state; z_pair holds z twice, by position parity
-                                        (``z`` gives each row's current one; see the kernel)
+    S [F, D], z [F]                     fp32 linear state
     k_buf [Wc, K], v_buf [Wc, D], fk_buf [Wc, F]   ring of window tokens, position j in slot j % Wc,
-                                        Wc = w + 1 (sw) or 2w + 1 (tk: the previous and the current
-                                        block), one slot more than the window so that the new token's
-                                        slot never holds a key being folded; one unused slot when w = 0
-                                        (pure linear, sinks only)
+                                        Wc = w (sw) or 2w (tk: the previous and the current block);
+                                        one unused slot when w = 0 (pure linear, sinks only)
     k_sink [n, K], v_sink [n, D]        the first n tokens when sink_tokens = n
     pos [B] int64                       each row's next position (its real tokens so far)
 Positions live in device memory, one per row: rows of a left-padded batch hold different numbers of real
@@ -24,18 +21,14 @@ kernel only reads ``pos``; :func:`hybrid_decode_step` then adds 1 in a separate 
 half-updated value). Nothing in a step depends on a host value that changes between steps, and the step
 never synchronises with the host, so it can be captured once in a CUDA graph and replayed.
 
-One program per (batch, head, tile of BV value columns) per step, each holding only its [F, BV] share of
-the state (a whole [F, D] fp32 state per program left too few programs in flight to reach the memory's
-bandwidth). Each program (1) folds into its S columns and into z the keys that leave the window at this
-step (sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new
-token itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands multiply exactly,
-the others as fp32 rank-1 updates), (2) attends to the valid ring slots, the sinks and the new token
-(scores over the full head dim, recomputed per tile; values of its columns), (3) writes its S columns back
-in place when (1) changed them (tk: once per block of w steps), z into the other parity's copy, and the
-new token into its slot. State and window are read once and the state written at most once: the
-memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the write on every step). Slot
-validity comes from positions: slot s holds the latest position p' <= p with p' = s (mod Wc); it is a
-window key iff p' >= n_sinks and p' is in W_p.
+One program per (batch, head) per step: (1) folds into S, z the keys that leave the window at this step
+(sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new token
+itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands multiply exactly, the
+others as fp32 rank-1 updates), (2) attends to the valid ring slots, the sinks and the new token (held in
+registers), (3) writes S, z back in place when (1) changed them (tk: once per block of w steps) and then
+the new token into its slot. State and window are read once and the state written at most once: the
+memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
+p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
 """
 
 from __future__ import annotations
@@ -46,12 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tl_helpers import load_rows as _rows
 from ._utils import block, check_same_dtype_device, check_tensor, dot_precision, is_interpreter
-
-
-# Value columns per program on the GPU (hybrid_decode_step's block_v). Untimed guess pending the
-# benchmark's sweep (bench_attention.py decode, block_v 32 / 64 / 128).
-DECODE_BLOCK_V = 32
 
 
 @triton.jit
@@ -68,17 +57,10 @@ def _all(m_vec, m):
 
 
 @triton.jit
-def _row(p, r, m, o_x, N: tl.constexpr):
-    """Columns o_x of row r of a contiguous [*, N] matrix as an fp32 vector, zero where the scalar mask m
-    is False or o_x >= N."""
-    return tl.load(p + r * N + o_x, mask=_all(o_x < N, m), other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _cols(p, o_r, m_r, o_x, N: tl.constexpr):
-    """Rows o_r, columns o_x of a contiguous [*, N] matrix as an fp32 [len(o_r), len(o_x)] tile, zero
-    outside (m_r, o_x < N)."""
-    return tl.load(p + o_r[:, None] * N + o_x[None, :], mask=m_r[:, None] & (o_x < N)[None, :], other=0.0).to(tl.float32)
+def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
+    """Row r of a contiguous [*, N] matrix as an fp32 [BN] vector, zero where the scalar mask m is False."""
+    o = tl.arange(0, BN)
+    return tl.load(p + r * N + o, mask=_all(o < N, m), other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -99,14 +81,9 @@ def hybrid_decode_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
     LIN: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H, cdiv(D, BV)): program (i_bh, i_v) owns columns [i_v BV, (i_v + 1) BV) of the state and of
-    the output. q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; z [B*H, 2, F] (by position
-    parity); rings [B*H, WC, *]; pos [B]
-    int64 (read only). LIN: window 0 (pure linear, only sinks are exact). Every program of a row computes
-    the window scores and z (cheap next to its share of the state); the program with i_v = 0 alone writes
-    z and the key-side ring entries (k, fk), each program its own columns of v and S."""
+    """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
+    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact)."""
     i_bh = tl.program_id(0)
-    i_v = tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
     gamma = tl.load(gam + i_bh % H)
@@ -117,26 +94,21 @@ def hybrid_decode_kernel(
     v += i_bh64 * V
     y += i_bh64 * V
     S += i_bh64 * F * V
-    z += i_bh64 * 2 * F  # [2, F]: read the copy of this position's parity, write the other
+    z += i_bh64 * F
     kb += i_bh64 * WC * K
     vb += i_bh64 * WC * V
     fkb += i_bh64 * WC * F
     ks += i_bh64 * NSC * K
     vs += i_bh64 * NSC * V
-    o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)
-    o_v = i_v * BV + tl.arange(0, BV)  # this program's value columns
-    lead = i_v == 0  # writes the column-independent parts (z, k and fk ring entries, sink keys)
-    b_q, b_k = _vec(q, K, BK), _vec(k, K, BK)  # new token, [BK]
-    b_v = _row(v, 0, True, o_v, V)  # [BV]
+    b_q, b_k, b_v = _vec(q, K, BK), _vec(k, K, BK), _vec(v, V, BV)  # new token, [BK] / [BV]
     b_fq = _vec(fq, F, BF)
+    o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
     m_fv = (o_f < F)[:, None] & (o_v < V)[None, :]
     b_S = tl.load(S + o_f[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV] fp32
-    b_z = tl.load(z + (p % 2) * F + o_f, mask=o_f < F, other=0.0)  # [BF]
+    b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
     new_is_sink = p < NS
-    # (1) fold the keys that leave the window at this step into S, z. The ring has one slot more than the
-    # window needs (RingHybridCache.empty), so the slot the new token takes is never one being folded:
-    # programs of one row may write the new token's k, fk while another still folds.
+    # (1) fold the keys that leave the window at this step into S, z
     if LIN:  # window 0: the new token is linear for itself unless it is a sink
         b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
         b_S += b_fkn[:, None] * b_v[None, :]
@@ -145,21 +117,19 @@ def hybrid_decode_kernel(
     else:
         if TK:  # a whole block of W keys at once, BC rows per dot
             n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
-            first = p - 2 * W  # the first folded position
+            first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
             DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
             for r0 in range(0, n_fold, BC):
                 o_r = r0 + tl.arange(0, BC)
                 m_r = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
-                s_r = (first + o_r) % WC  # ring slots (the block may wrap)
-                b_fkr = _cols(fkb, s_r, m_r, o_f, F)  # [BC, BF]
-                b_S += tl.dot(tl.trans(b_fkr.to(DT)), _cols(vb, s_r, m_r, o_v, V).to(DT), input_precision=PREC)
+                b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
+                b_S += tl.dot(tl.trans(b_fkr.to(DT)), _rows(vb, slot + o_r, m_r, V, BV).to(DT), input_precision=PREC)
                 b_z += tl.sum(b_fkr, 0)
             changed = n_fold > 0
         else:  # one key: an exact fp32 rank-1 update
             m_r = (p >= W) & (p - W >= NS)
-            s_r = (p - W) % WC
-            b_fkr = _row(fkb, s_r, m_r, o_f, F)  # [BF]
-            b_S += b_fkr[:, None] * _row(vb, s_r, m_r, o_v, V)[None, :]
+            b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
+            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
             b_z += b_fkr
             changed = m_r
     # (2) attention over window keys with an online max: the new token, ring slots, sinks
@@ -180,32 +150,31 @@ def hybrid_decode_kernel(
             o_s = c0 + tl.arange(0, BC)
             pos_s = p - ((p - o_s) % WC + WC) % WC  # latest position <= p stored in slot o_s
             m_s = (o_s < WC) & (o_s != slot) & (pos_s >= 0) & (pos_s >= NS) & (pos_s >= win_lo)
-            b_kr = _cols(kb, o_s, m_s, o_k, K)  # [BC, BK]
+            b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
             b_s = tl.where(m_s, tl.sum(b_kr * b_q[None, :], 1) * scale, float("-inf"))  # [BC]
-            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _cols(vb, o_s, m_s, o_v, V))
+            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV))
     o_n = tl.arange(0, BS)
     m_n = (o_n < NS) & (o_n < p)  # sinks before the new token
-    b_kn = _cols(ks, o_n, m_n, o_k, K)  # [BS, BK]
+    b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]
     b_s = tl.where(m_n, tl.sum(b_kn * b_q[None, :], 1) * scale, float("-inf"))
-    b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _cols(vs, o_n, m_n, o_v, V))
+    b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vs, o_n, m_n, V, BV))
     # (3) output and state
     b_num = gamma * b_acc + tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
     b_den = gamma * b_l + tl.sum(b_fq * b_z, 0) + eps
     tl.store(y + o_v, (b_num / b_den).to(y.dtype.element_ty), mask=o_v < V)
     if changed:  # the state is written back only when a key was folded in (tk: once per block of w steps)
         tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
-    # z is shared by the row's programs: written every step (F floats) into the other parity's copy, which
-    # no program of this step reads (a write in place could land before another program's read)
-    tl.store(z + ((p + 1) % 2) * F + o_f, b_z, mask=_all(o_f < F, lead))
-    tl.debug_barrier()  # this program's fold and window reads above precede its own writes below
+        tl.store(z + o_f, b_z, mask=o_f < F)
+    tl.debug_barrier()  # the fold above read the slot written below
+    o_k = tl.arange(0, BK)
     p_sink = tl.minimum(p, NSC - 1)  # in bounds even where the store is masked off
-    tl.store(ks + p_sink * K + o_k, b_k.to(ks.dtype.element_ty), mask=_all(o_k < K, new_is_sink & lead))
+    tl.store(ks + p_sink * K + o_k, b_k.to(ks.dtype.element_ty), mask=_all(o_k < K, new_is_sink))
     tl.store(vs + p_sink * V + o_v, b_v.to(vs.dtype.element_ty), mask=_all(o_v < V, new_is_sink))
     if not LIN:
         m_ring = p >= NS
-        tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=_all(o_k < K, m_ring & lead))
+        tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=_all(o_k < K, m_ring))
         tl.store(vb + slot * V + o_v, b_v.to(vb.dtype.element_ty), mask=_all(o_v < V, m_ring))
-        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring & lead))
+        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
 
 
 def _window_start(last: torch.Tensor, window: int, kind: str) -> torch.Tensor:
@@ -227,7 +196,7 @@ class RingHybridCache:
     """
 
     S: torch.Tensor  # [B, H, F, D] fp32
-    z_pair: torch.Tensor  # [B, H, 2, F] fp32: z for even positions in [:, :, 0], odd in [:, :, 1]
+    z: torch.Tensor  # [B, H, F] fp32
     k_buf: torch.Tensor  # [B, H, Wc, K]
     v_buf: torch.Tensor  # [B, H, Wc, D]
     fk_buf: torch.Tensor  # [B, H, Wc, F]
@@ -245,27 +214,14 @@ class RingHybridCache:
 
     @pos.setter
     def pos(self, value) -> None:
-        z = self.z  # each row's current normaliser state, kept across the move (both parity copies)
         if isinstance(value, torch.Tensor):
             self.positions.copy_(value)
         else:
             self.positions.fill_(int(value))
-        self.z = z
-
-    @property
-    def z(self) -> torch.Tensor:
-        """[B, H, F] fp32: each row's normaliser state (the copy of its position's parity; a new tensor)."""
-        B, H, _, F = self.z_pair.shape
-        parity = (self.positions % 2).view(B, 1, 1, 1).expand(B, H, 1, F)
-        return self.z_pair.gather(2, parity).squeeze(2)
-
-    @z.setter
-    def z(self, value: torch.Tensor) -> None:
-        self.z_pair.copy_(value.unsqueeze(2).expand_as(self.z_pair))  # [B, H, F] into both copies
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor the cache holds (for memory accounting)."""
-        return (self.S, self.z_pair, self.k_buf, self.v_buf, self.fk_buf, self.k_sink, self.v_sink, self.positions)
+        return (self.S, self.z, self.k_buf, self.v_buf, self.fk_buf, self.k_sink, self.v_sink, self.positions)
 
     @classmethod
     def empty(cls, batch, heads, head_dim, value_dim, feature_dim, *, window, kind="tk", sink_tokens=0,
@@ -278,11 +234,11 @@ class RingHybridCache:
         if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
             raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
         B, H, ns = batch, heads, max(sink_tokens, 1)
-        wc = window * (2 if kind == "tk" else 1) + 1  # one spare slot (module docstring); unused for window 0
+        wc = max(1, window * (2 if kind == "tk" else 1))  # one unused slot for window 0
         z = dict(device=device, dtype=dtype)
         return cls(
             S=torch.zeros(B, H, feature_dim, value_dim, device=device),
-            z_pair=torch.zeros(B, H, 2, feature_dim, device=device),
+            z=torch.zeros(B, H, feature_dim, device=device),
             k_buf=torch.zeros(B, H, wc, head_dim, **z), v_buf=torch.zeros(B, H, wc, value_dim, **z),
             fk_buf=torch.zeros(B, H, wc, feature_dim, **z),
             k_sink=torch.zeros(B, H, ns, head_dim, **z), v_sink=torch.zeros(B, H, ns, value_dim, **z),
@@ -322,12 +278,10 @@ class RingHybridCache:
         j = torch.arange(T, device=k.device)  # [T]
         last = n - 1  # [B]
         lin = (j[None, :] >= sink_tokens) & (j[None, :] < _window_start(last, window, kind)[:, None])  # [B, T]
-        z = torch.zeros_like(c.z_pair[:, :, 0])  # [B, H, F]
         for t0 in range(0, T, chunk):  # linear keys of each row's last token
             fk_c = fk[:, :, t0 : t0 + chunk].float() * lin[:, None, t0 : t0 + chunk, None]  # [B, H, c, F]
             c.S += torch.einsum("bhtf,bhtd->bhfd", fk_c, v[:, :, t0 : t0 + chunk].float())
-            z += fk_c.sum(2)
-        c.z = z
+            c.z += fk_c.sum(2)
         ns = min(sink_tokens, T)
         real = (j[None, :ns] < n[:, None])[:, None, :, None]  # [B, 1, ns, 1]
         c.k_sink[:, :, :ns] = torch.where(real, k[:, :, :ns], 0)
@@ -344,12 +298,8 @@ class RingHybridCache:
         return c
 
 
-def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *, scale=None, eps=1e-12,
-                       block_v=None):  # fmt: skip
+def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *, scale=None, eps=1e-12):
     """One token for every sequence of the batch: q, k [B, H, 1, K], v [B, H, 1, D], fq, fk [B, H, 1, F].
-
-    block_v: value columns per program (a power of two >= 16; None: DECODE_BLOCK_V on the GPU, the whole
-    head dim in the interpreter).
 
     Returns (y [B, H, 1, D] in v's dtype, cache) with the cache updated in place (``cache.pos`` + 1 for
     every row, on the device). Not differentiable (inference). No host synchronisation: the step can be
@@ -380,17 +330,12 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
                          f"{cache.positions.device}")  # fmt: skip
     gamma = torch.sigmoid(window_logit.float()).contiguous()
     scale = K**-0.5 if scale is None else float(scale)
-    if block_v is None:
-        block_v = block(D) if is_interpreter() else DECODE_BLOCK_V
-    if isinstance(block_v, bool) or not isinstance(block_v, int) or block_v < 16 or block_v & (block_v - 1):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v!r}")
-    BV = min(block_v, block(D))
     y = torch.empty_like(v)
-    hybrid_decode_kernel[(B * H, triton.cdiv(D, BV))](
+    hybrid_decode_kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), gamma,
-        cache.S, cache.z_pair, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
+        cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
-        H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=BV,
+        H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
         num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:

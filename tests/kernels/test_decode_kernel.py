@@ -58,40 +58,6 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
     assert cache.pos.tolist() == [T] * B
 
 
-@pytest.mark.parametrize("kind,window,sinks,prompt", [("tk", 4, 1, 3), ("sw", 3, 0, 5), ("tk", 0, 1, 2)], ids=str)
-def test_value_tiles_equal_full_pass(kind, window, sinks, prompt):
-    """D = 40 split over programs of 16 value columns (16, 16, 8): the tiles fold and attend independently,
-    the first alone writes z and the key-side ring entries; rows still equal the full pass."""
-    B, H, T, K, F, D = 2, 2, 20, 12, 10, 40
-    xs = make_seq(B, H, T, K, F, D, seed=1)
-    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
-    y_full = naive_hybrid_attn(*xs, **cfg)
-    cache = RingHybridCache.from_prompt(*(x[:, :, :prompt] for x in (xs[1], xs[2], xs[4])), **cfg)
-    q, k, v, fq, fk, logit = xs
-    ys = []
-    for p in range(prompt, T):
-        y, cache = hybrid_decode_step(*(x[:, :, p : p + 1] for x in (q, k, v, fq, fk)), logit, cache, block_v=16)
-        ys.append(y)
-    check_close("y", y_full[:, :, prompt:], torch.cat(ys, 2), **TOLERANCES[torch.float32])
-    with pytest.raises(ValueError, match=r"^block_v must be a power of two >= 16, got 24"):
-        hybrid_decode_step(*(x[:, :, :1] for x in (q, k, v, fq, fk)), logit, cache, block_v=24)
-
-
-def test_moving_positions_keeps_the_normaliser():
-    """z is stored twice by position parity (the kernel reads one copy, writes the other); assigning pos
-    carries each row's current z over, whatever the parity of the old and new positions."""
-    xs = make_seq(2, 2, 5, 12, 10, 9)
-    ring = RingHybridCache.empty(2, 2, 12, 9, 10, window=2, kind="sw", device=DEVICE)
-    for p in range(5):  # an odd number of steps: the current z sits in the odd copy
-        _, ring = hybrid_decode_step(*(x[:, :, p : p + 1] for x in xs[:5]), xs[5], ring)
-    z = ring.z.clone()
-    assert z.abs().sum() > 0 and not torch.equal(ring.z_pair[:, :, 0], ring.z_pair[:, :, 1])
-    ring.pos = torch.tensor([8, 3], device=DEVICE)
-    assert torch.equal(ring.z, z)
-    ring.pos = 0
-    assert torch.equal(ring.z, z) and torch.equal(ring.z_pair[:, :, 0], ring.z_pair[:, :, 1])
-
-
 def test_decode_matches_torch_decode_step_and_state():
     """Same outputs as lolcats_lab.attention.hybrid.hybrid_decode_step, and the same linear state S, z."""
     xs = make_seq(1, 2, 21, 12, 10, 9)
