@@ -24,9 +24,10 @@ never synchronises with the host, so it can be captured once in a CUDA graph and
 One program per (batch, head) per step: (1) folds into S, z the keys that leave the window at this step
 (sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new token
 itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands multiply exactly, the
-others as fp32 rank-1 updates), (2) attends to the valid ring slots, the sinks and the new token (held in
-registers), (3) writes S, z back in place when (1) changed them (tk: once per block of w steps) and then
-the new token into its slot. State and window are read once and the state written at most once: the
+others as fp32 rank-1 updates), (2) takes the linear terms fq S, fq . z and writes S, z back in place
+when (1) changed them (tk: once per block of w steps), (3) attends to the window keys, visited by
+position (only the ring tiles the window covers), the sinks and the new token (held in registers), and
+(4) writes the output, then the new token into its slot. State and window are read once and the state written at most once: the
 memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
 p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
 """
@@ -41,6 +42,10 @@ import triton.language as tl
 
 from ._tl_helpers import load_rows as _rows
 from ._utils import block, check_same_dtype_device, check_tensor, dot_precision, is_interpreter
+
+
+# Window keys per tile of the decode kernel's loops on the GPU (module-level so benchmarks can sweep it).
+DECODE_TILE = 32
 
 
 @triton.jit
@@ -132,7 +137,14 @@ def hybrid_decode_kernel(
             b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
             b_z += b_fkr
             changed = m_r
-    # (2) attention over window keys with an online max: the new token, ring slots, sinks
+    # (2) the linear terms, and the state written back when (1) changed it (tk: once per block of w steps).
+    # Done before the window loop so the [F, D] state is dead during it (registers for wider key tiles).
+    b_lin = tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
+    b_lin_den = tl.sum(b_fq * b_z, 0)
+    if changed:
+        tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
+        tl.store(z + o_f, b_z, mask=o_f < F)
+    # (3) attention over window keys with an online max: the new token, ring slots, sinks
     b_sn = tl.sum(b_q * b_k, 0) * scale
     if LIN:
         new_in_window = new_is_sink
@@ -146,10 +158,13 @@ def hybrid_decode_kernel(
             win_lo = ((p // W) - 1) * W
         else:
             win_lo = p - W + 1
-        for c0 in range(0, WC, BC):
-            o_s = c0 + tl.arange(0, BC)
-            pos_s = p - ((p - o_s) % WC + WC) % WC  # latest position <= p stored in slot o_s
-            m_s = (o_s < WC) & (o_s != slot) & (pos_s >= 0) & (pos_s >= NS) & (pos_s >= win_lo)
+        # window keys before p: positions [lo, p), all still in the ring (p - lo < WC); visited by position,
+        # so a step reads only the tiles its window covers (tk: 2-4 tiles of 32 over a block, not all 2w)
+        lo = tl.maximum(tl.maximum(win_lo, NS), 0)
+        for c0 in range(lo, p, BC):
+            o_p = c0 + tl.arange(0, BC)
+            m_s = o_p < p
+            o_s = o_p % WC  # their slots
             b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
             b_s = tl.where(m_s, tl.sum(b_kr * b_q[None, :], 1) * scale, float("-inf"))  # [BC]
             b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV))
@@ -158,13 +173,10 @@ def hybrid_decode_kernel(
     b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]
     b_s = tl.where(m_n, tl.sum(b_kn * b_q[None, :], 1) * scale, float("-inf"))
     b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vs, o_n, m_n, V, BV))
-    # (3) output and state
-    b_num = gamma * b_acc + tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
-    b_den = gamma * b_l + tl.sum(b_fq * b_z, 0) + eps
+    # (4) output
+    b_num = gamma * b_acc + b_lin  # [BV]
+    b_den = gamma * b_l + b_lin_den + eps
     tl.store(y + o_v, (b_num / b_den).to(y.dtype.element_ty), mask=o_v < V)
-    if changed:  # the state is written back only when a key was folded in (tk: once per block of w steps)
-        tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
-        tl.store(z + o_f, b_z, mask=o_f < F)
     tl.debug_barrier()  # the fold above read the slot written below
     o_k = tl.arange(0, BK)
     p_sink = tl.minimum(p, NSC - 1)  # in bounds even where the store is masked off
@@ -336,7 +348,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
-        BF=block(F), BC=16 if is_interpreter() else 32, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
+        BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
         num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:
         # 8 warps took 90.7 us per step against 53.9 us with 4 (benchmarks/results/*-decode-*.json)
