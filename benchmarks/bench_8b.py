@@ -320,16 +320,27 @@ def measure_stage1(ctx, B: int, n_layers: int) -> dict:
         mses = [r["mse"] for r in clock.records[l]]
         layers.append(dict(layer=l, step_ms=round(step * 1e3, 3), teacher_block_fwd_ms=round(fwd * 1e3, 3),
                            step_tokens_per_s=round(tokens / step), mse_first=mses[0], mse_last=mses[-1]))
-    step_mean = statistics.mean(x["step_ms"] for x in layers) / 1e3
-    fwd_mean = statistics.mean(x["teacher_block_fwd_ms"] for x in layers) / 1e3
+    step_s = [x["step_ms"] / 1e3 for x in layers]
+    fwd_s_layer = [x["teacher_block_fwd_ms"] / 1e3 for x in layers]
+    both_s = [a_ + b_ for a_, b_ in zip(step_s, fwd_s_layer)]
     return dict(
         batch=B, cached_sequences=B * n_batches, steps_per_layer=steps, timed_steps=a.reps, wall_s=round(wall, 2),
         peak_gib=gib(peak), fits_24gib=None if peak is None else peak <= STAGE1_PEAK_LIMIT, layers=layers,
-        # whole model (all L layers), extrapolated linearly from the measured layers:
-        tokens_per_s_train=round(tokens / (L * step_mean)),
-        tokens_per_s_with_cache=round(tokens / (L * (step_mean + fwd_mean))),
-        teacher_cache_tokens_per_s=round(tokens / (L * fwd_mean)),
+        # whole model (all L layers), extrapolated from the measured layers (whole_model_seconds):
+        tokens_per_s_train=round(tokens / whole_model_seconds(step_s, L)),
+        tokens_per_s_with_cache=round(tokens / whole_model_seconds(both_s, L)),
+        teacher_cache_tokens_per_s=round(tokens / whole_model_seconds(fwd_s_layer, L)),
     )  # fmt: skip
+
+
+def whole_model_seconds(per_layer: list[float], n_layers: int) -> float:
+    """Seconds for all n_layers from the first few measured: layer 0 as measured (it carries one-time costs,
+    e.g. the first teacher forward at a new batch size: 75 ms against 27 ms for the next layers at batch 32
+    on an H100), plus n_layers - 1 times the mean of the others. A plain mean x n_layers would count layer
+    0's one-time cost n_layers / len(per_layer) times over."""
+    if len(per_layer) == 1:
+        return per_layer[0] * n_layers
+    return per_layer[0] + (n_layers - 1) * statistics.mean(per_layer[1:])
 
 
 def section_stage1(ctx) -> dict:
@@ -340,7 +351,8 @@ def section_stage1(ctx) -> dict:
         what="transfer_layerwise (teacher inputs cached, one block at a time, maps + window logits train), "
              "transfer-mode step: SDPA teacher + hybrid-tk linearized attention + MSE, backward, clip, AdamW",
         seq=a.seq, layers_measured=n_layers, layers_total=L,
-        extrapolation=f"measured on layers 0..{n_layers - 1}; whole-model rates = batch*seq / ({L} x mean per-layer time)",
+        extrapolation=f"measured on layers 0..{n_layers - 1}; whole-model time = layer 0 + {L - 1} x mean of layers "
+                      f"1..{n_layers - 1} (layer 0 carries one-time costs; whole_model_seconds)",
         rates="tokens_per_s_train: training steps only; tokens_per_s_with_cache: plus the teacher block forward "
               "that fills the cache, each sequence trained once per layer (the paper's one pass over the data)",
         teacher_attention=f"{ctx.config._attn_implementation} (LinearizedAttention 'transfer' mode calls the model's "
@@ -366,7 +378,7 @@ def section_stage1(ctx) -> dict:
             break  # larger batches only need more memory
     ok = [c for c in out["candidates"] if "tokens_per_s_train" in c and c.get("fits_24gib") is not False]
     if ok:
-        best = max(ok, key=lambda c: c["tokens_per_s_train"])
+        best = max(ok, key=lambda c: c["tokens_per_s_with_cache"])  # end to end: the paper's one pass
         out["best"] = {k: best[k] for k in ("batch", "tokens_per_s_train", "tokens_per_s_with_cache", "peak_gib")}
     return out
 
@@ -801,8 +813,8 @@ def targets(results: dict) -> dict:
     s = results.get("sections", {})
     out = {}
     b = s.get("b", {}).get("best")
-    out["stage1"] = dict(target=">= 15k tokens/s at seq 1024, peak <= 24 GiB",
-                         measured=b, met=None if not b else b["tokens_per_s_train"] >= 15000 and (b["peak_gib"] or 0) <= 24)
+    out["stage1"] = dict(target=">= 15k tokens/s at seq 1024 with the teacher cache filled, peak <= 24 GiB",
+                         measured=b, met=None if not b else b["tokens_per_s_with_cache"] >= 15000 and (b["peak_gib"] or 0) <= 24)
     c = s.get("c", {})
     runs = {(r.get("mode"), r.get("grad_checkpointing")): r for r in c.get("runs", [])}
     ratio = c.get("linear_over_softmax")

@@ -183,3 +183,11 @@ def test_targets_read_graph_speedups():
     assert gen["linear_graph_peak_gib_by_prompt"] == {32768: 17.5}
     gen = targets({"sections": {"d": {"speedup_32768": 1.2}}})["generation"]
     assert (gen["met_graph"], gen["met"]) == (None, False)
+
+
+def test_whole_model_extrapolation_counts_layer0_once():
+    """Layer 0 carries one-time costs (its first teacher forward): it is counted once, the other measured
+    layers stand for the remaining L - 1; a plain mean x L would be 32 x (75 + 3 x 27) / 4 = 1248 ms."""
+    bench = load_bench()
+    assert bench.whole_model_seconds([0.075, 0.027, 0.027, 0.027], 32) == pytest.approx(0.075 + 31 * 0.027, rel=1e-12)
+    assert bench.whole_model_seconds([0.030], 32) == pytest.approx(32 * 0.030, rel=1e-12)
