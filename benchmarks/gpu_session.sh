@@ -66,10 +66,14 @@ for step in "$@"; do
                 --out "$OUT/8b-gen.json" ;;
         dist)
             n_gpu=$(nvidia-smi -L | wc -l)
-            for n in 1 "$n_gpu"; do
+            # warm-up: fills Triton's on-disk compile cache, so neither timed run pays for compiling
+            run 200 dist-warmup python3 -m torch.distributed.run --standalone --nproc-per-node 1 \
+                -m lolcats_lab.scale.distributed transfer --model random:llama3-8b --data random --num-layers 2 \
+                --train-sequences 8 --batch-size 4 --steps 2 --out "$OUT/dist-warmup"
+            for n in 1 "$n_gpu"; do  # 64 cached sequences, 40 steps per layer: ~0.2 teacher forward per trained layer
                 run 300 "dist-$n" python3 -m torch.distributed.run --standalone --nproc-per-node "$n" \
                     -m lolcats_lab.scale.distributed transfer --model random:llama3-8b --data random \
-                    --train-sequences 16 --batch-size 4 --steps 10 --out "$OUT/dist-$n"
+                    --train-sequences 64 --batch-size 4 --steps 40 --out "$OUT/dist-$n"
             done
             python3 - "$OUT/dist-1/timing.json" "$OUT/dist-$n_gpu/timing.json" <<'PY'
 import json, sys
