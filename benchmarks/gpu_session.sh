@@ -17,6 +17,7 @@
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
 #             the 2-GPU kind), and the speedup from the two timing.json files (issue 8: >= 1.8x)
+#   dist-lora stage 2 (LoRA) with FSDP on every visible GPU, from dist's checkpoint when present
 # Optional: flash-linear-attention wheels in .whl/ (git-ignored) are installed with --no-deps into a
 # separate folder on PYTHONPATH (pass `.whl` in the device tool's carry list).
 set -uo pipefail
@@ -82,6 +83,14 @@ print(f"stage 1: {one['seconds']} s on 1 GPU, {many['seconds']} s on {many['worl
       f"{one['seconds'] / many['seconds']:.2f}x")
 PY
             ;;
+        dist-lora)  # stage 2 with FSDP on every visible GPU, from the 'dist' step's transfer checkpoint
+            n_gpu=$(nvidia-smi -L | wc -l)
+            ckpt=()
+            [ -d "$OUT/dist-$n_gpu/checkpoint" ] && ckpt=(--checkpoint "$OUT/dist-$n_gpu/checkpoint")
+            run 300 "dist-lora-$n_gpu" python3 -m torch.distributed.run --standalone --nproc-per-node "$n_gpu" \
+                -m lolcats_lab.scale.distributed lora --model random:llama3-8b --data random "${ckpt[@]}" \
+                --train-sequences 32 --batch-size 4 --steps 8 --out "$OUT/dist-lora-$n_gpu"
+            cat "$OUT/dist-lora-$n_gpu/timing.json" 2>/dev/null ;;
         *)
             echo "unknown step: $step (see the header of $0)"; exit 2 ;;
     esac
