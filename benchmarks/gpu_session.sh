@@ -16,13 +16,15 @@
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
-#             the 2-GPU kind), and the speedup from the two timing.json files (issue 8: >= 1.8x)
+#             the 2-GPU kind), layer-sharded and data parallel, and the throughput ratios from the timing.json
+#             files (issue 8: >= 1.8x)
 #   dist-lora stage 2 (LoRA) with FSDP on every visible GPU, from dist's checkpoint when present
 # Optional: flash-linear-attention wheels in .whl/ (git-ignored) are installed with --no-deps into a
 # separate folder on PYTHONPATH (pass `.whl` in the device tool's carry list).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
+export OUT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
@@ -76,12 +78,22 @@ for step in "$@"; do
                     -m lolcats_lab.scale.distributed transfer --model random:llama3-8b --data random \
                     --train-sequences 64 --batch-size 4 --steps 40 --out "$OUT/dist-$n"
             done
-            python3 - "$OUT/dist-1/timing.json" "$OUT/dist-$n_gpu/timing.json" <<'PY'
-import json, sys
-one, many = (json.load(open(p)) for p in sys.argv[1:])
-print(f"stage 1: {one['seconds']} s on 1 GPU, {many['seconds']} s on {many['world_size']}: "
-      f"{one['seconds'] / many['seconds']:.2f}x")
+            # data parallel: every rank the 1-GPU run's work (64 sequences, batch 4, 40 steps), gradients averaged
+            run 300 "dist-$n_gpu-data" python3 -m torch.distributed.run --standalone --nproc-per-node "$n_gpu" \
+                -m lolcats_lab.scale.distributed transfer --model random:llama3-8b --data random --shard data \
+                --train-sequences $((64 * n_gpu)) --batch-size 4 --steps 40 --out "$OUT/dist-$n_gpu-data"
+            python3 - "$OUT/dist-1/timing.json" "$OUT/dist-$n_gpu/timing.json" "$OUT/dist-$n_gpu-data/timing.json" <<'PY'
+import json, os, sys
+one, *many = (json.load(open(p)) for p in sys.argv[1:])
+summary = dict(one_gpu=one, runs=many)
+for m in many:
+    m["throughput_ratio"] = round(m["trained_tokens_per_s"] / one["trained_tokens_per_s"], 3)
+    print(f"stage 1, {m['shard']} sharding on {m['world_size']} GPUs: {m['trained_tokens_per_s']:.0f} trained tok/s "
+          f"against {one['trained_tokens_per_s']:.0f} on 1 ({m['seconds']} s vs {one['seconds']} s): "
+          f"{m['trained_tokens_per_s'] / one['trained_tokens_per_s']:.2f}x")
+json.dump(summary, open(os.path.join(os.environ["OUT"], "dist-summary.json"), "w"), indent=1)
 PY
+            rm -rf "$OUT/dist-warmup"
             ;;
         dist-lora)  # stage 2 with FSDP on every visible GPU, from the 'dist' step's transfer checkpoint
             n_gpu=$(nvidia-smi -L | wc -l)
@@ -90,7 +102,8 @@ PY
             run 300 "dist-lora-$n_gpu" python3 -m torch.distributed.run --standalone --nproc-per-node "$n_gpu" \
                 -m lolcats_lab.scale.distributed lora --model random:llama3-8b --data random "${ckpt[@]}" \
                 --train-sequences 32 --batch-size 4 --steps 8 --out "$OUT/dist-lora-$n_gpu"
-            cat "$OUT/dist-lora-$n_gpu/timing.json" 2>/dev/null ;;
+            cat "$OUT/dist-lora-$n_gpu/timing.json" 2>/dev/null
+            rm -rf "$OUT"/dist-*/checkpoint "$OUT"/dist-lora-*/lora.safetensors ;;  # large: not brought back
         *)
             echo "unknown step: $step (see the header of $0)"; exit 2 ;;
     esac

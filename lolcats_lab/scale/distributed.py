@@ -18,6 +18,14 @@ ranks can train disjoint sets of layers and the result is the single-process res
 * At the end every layer's maps and window logits are broadcast from the rank that trained them, so all
   ranks hold the full trained model; loss histories are gathered with ``all_gather_object``.
 
+Stage 1, data parallel (:func:`transfer_layerwise_data_parallel`, ``--shard data``): every rank trains
+every layer on its own rows ``train_ids[rank::world]``, filling its own teacher cache (1/world of the
+teacher forwards, none repeated), and the map gradients are averaged over the ranks after each backward
+(one all-reduce per parameter, a few MB per layer). The result is one process's run with batch
+``world x batch_size`` on all rows, up to rounding. It scales throughput where layer sharding cannot: on
+2 H200s, 32 layers, layer sharding took 10.4 s against 15.9 s on one (1.52x), each rank recomputing
+the teacher prefix before its block.
+
 Stage 2 with FSDP (:func:`finetune_lora_fsdp`): LoRA is injected first, then each decoder layer and the
 root are sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``); frozen base weights are sharded too,
 so each rank holds ~1/world of the weights. Ranks take disjoint slices of the training rows and FSDP
@@ -52,7 +60,8 @@ from ..train.layerwise import decoder_layers, transfer_layerwise
 from ..train.loop import LoopResult
 
 __all__ = [
-    "shard_layers", "truncated_layers", "transfer_layerwise_sharded", "finetune_lora_fsdp", "full_trainable_state",
+    "shard_layers", "truncated_layers", "transfer_layerwise_sharded", "transfer_layerwise_data_parallel",
+    "finetune_lora_fsdp", "full_trainable_state",
     "map_parameters",
 ]
 
@@ -182,6 +191,45 @@ def transfer_layerwise_sharded(
         histories = {l: h for part in gathered for l, h in part.items()}
     set_attention_mode(model, "linear")
     return dict(sorted(histories.items()))
+
+
+def transfer_layerwise_data_parallel(
+    model: nn.Module, train_ids: torch.Tensor, cfg=None, *, group=None, callback=None
+) -> dict[int, list[dict]]:
+    """Layer-wise attention transfer, data parallel (module docstring): rank r trains every layer on rows
+    ``train_ids[r::world]``, gradients of the maps and window logits averaged across ranks.
+
+    Call it on every rank with the same model and the same ``train_ids`` [N, T], N a multiple of
+    ``world * cfg.batch_size`` (every rank gets the same number of full batches, so the ranks step in
+    lockstep and the average of their mean losses is the mean over all their rows). Equals
+    ``transfer_layerwise(model, train_ids, cfg with batch_size world * cfg.batch_size)`` up to rounding.
+
+    Returns: {layer: this rank's loss history} (losses over its own rows); the model's maps are identical on
+    every rank and it is left in "linear" mode.
+    """
+    from ..train import TransferConfig
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("transfer_layerwise_data_parallel needs an initialised process group; launch with torchrun "
+                         "(or use lolcats_lab.train.transfer_layerwise on one device)")
+    cfg = cfg or TransferConfig()
+    rank, world = _rank_world(group)
+    if train_ids.shape[0] % (world * cfg.batch_size):
+        raise ValueError(f"train_ids has {train_ids.shape[0]} rows; data-parallel transfer needs a multiple of "
+                         f"world size x batch size = {world} x {cfg.batch_size} so every rank trains full batches")
+
+    def average(p: torch.Tensor) -> None:  # after the gradient is accumulated, before clipping and the step
+        dist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
+
+    params = [p for w in attention_modules(model) for _, p in map_parameters(w) if p.requires_grad]
+    handles = [p.register_post_accumulate_grad_hook(average) for p in params]
+    try:
+        results = transfer_layerwise(model, train_ids[rank::world], cfg, callback=callback)
+    finally:
+        for h in handles:
+            h.remove()
+    return {l: r.history for l, r in enumerate(results)}
 
 
 def finetune_lora_fsdp(model: nn.Module, train_ids: torch.Tensor, settings=None, *, grad_checkpointing: bool = False,
@@ -315,8 +363,8 @@ class _StageClock:
 
 def _write_timing(out: Path, args, world: int, seconds: float, *, trained_tokens: int, data_tokens: int) -> None:
     """out/timing.json (rank 0): the stage's wall time, so a run on N devices can be compared with one on 1.
-    trained_tokens: tokens through the trained part (transfer: layers x steps x batch x seq, summed over
-    ranks; lora: steps x batch x seq per rank x ranks)."""
+    trained_tokens: tokens through the trained part (transfer: layers x steps x batch x seq, times the ranks
+    when data parallel; lora: steps x batch x seq per rank x ranks)."""
     from ..io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +372,8 @@ def _write_timing(out: Path, args, world: int, seconds: float, *, trained_tokens
     record = dict(stage=args.stage, world_size=world, device=device, model=args.model, seconds=round(seconds, 3),
                   trained_tokens=trained_tokens, trained_tokens_per_s=round(trained_tokens / seconds, 1),
                   data_tokens=data_tokens, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                  prefix_cost=args.prefix_cost if args.stage == "transfer" else None)  # fmt: skip
+                  prefix_cost=args.prefix_cost if args.stage == "transfer" and args.shard == "layers" else None,
+                  shard=args.shard if args.stage == "transfer" else "fsdp")  # fmt: skip
     atomic_write_text(out / "timing.json", json.dumps(record, indent=1))
 
 
@@ -347,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--prefix-cost", type=float, default=0.2)
+    p.add_argument("--shard", choices=["layers", "data"], default="layers",
+                   help="transfer: split the layers over the ranks (exact single-process maps) or the rows (data "
+                        "parallel: every rank trains every layer on its rows, gradients averaged; batch per rank)")
     p.add_argument("--width-scale", type=int, default=1, help="random models: divide hidden/MLP width")
     p.add_argument("--num-layers", type=int, default=None, help="random models: override the layer count")
     p.add_argument("--vocab-size", type=int, default=None, help="random models: override the vocabulary")
@@ -391,12 +443,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "transfer":
             cfg = TransferConfig(steps=args.steps, lr=args.lr or PAPER_RECIPE.transfer_lr, batch_size=args.batch_size,
                                  mse_scale=PAPER_RECIPE.mse_scale, seed=args.seed, progress=rank == 0)
-            histories = transfer_layerwise_sharded(model, ids, cfg, prefix_cost=args.prefix_cost)
+            if args.shard == "data":
+                histories = transfer_layerwise_data_parallel(model, ids, cfg)
+            else:
+                histories = transfer_layerwise_sharded(model, ids, cfg, prefix_cost=args.prefix_cost)
             seconds = clock.stop()
             if rank == 0:
                 n_layers = len(decoder_layers(model))
-                _write_timing(out, args, world, seconds, trained_tokens=n_layers * args.steps * args.batch_size * args.seq_len,
-                              data_tokens=ids.numel())  # fmt: skip
+                ranks_training = world if args.shard == "data" else 1  # layer sharding: each layer on one rank
+                _write_timing(out, args, world, seconds, data_tokens=ids.numel(),
+                              trained_tokens=ranks_training * n_layers * args.steps * args.batch_size * args.seq_len)
                 save_linearized(model, out / "checkpoint")
                 (out / "history.json").write_text(json.dumps({str(l): h for l, h in histories.items()}))
         else:
