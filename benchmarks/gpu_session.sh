@@ -10,6 +10,7 @@
 #   tests     pytest -m gpu (kernels, models), fp32 tests last; one line per test in $OUT/tests.log
 #   kernels   bench_attention.py, 1k..64k, ours + SDPA + fla (when installed), no decode
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
+#   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
 #   decode    the decode step alone (bench_attention.py --providers none)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   tune      bench_attention.py --tune at 4k and 32k (tile size x programs per SM)
@@ -56,6 +57,9 @@ for step in "$@"; do
         hybrid64)
             run 90 hybrid64 python3 benchmarks/bench_attention.py --no-decode --lengths 16384 32768 \
                 --providers triton_hybrid_tk triton_hybrid_tk_c64 --out "$OUT/hybrid64.json" ;;
+        quadratic)  # the 50x comparison at 8k: LoLCATs-style bf16 quadratic hybrid and the fp32 reference vs ours
+            run 200 quadratic python3 benchmarks/bench_attention.py --no-decode --lengths 8192 \
+                --providers triton_hybrid_tk lolcats_quadratic_tk naive_hybrid_tk --out "$OUT/quadratic.json" ;;
         decode)
             run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
         profile)
