@@ -404,19 +404,25 @@ def _remove_lora(model) -> None:
             delattr(model, attr)
 
 
-def profile_kernels(step, top: int = 15) -> dict:
+def profile_kernels(step, device: torch.device, top: int = 15) -> dict:
     """One call of ``step`` (e.g. forward + backward) under torch.profiler: total GPU kernel time and the
-    ``top`` kernels by time (ms; names cut to 90 characters). Not a timing (the profiler adds overhead on
-    the host); it splits the GPU's work."""
+    ``top`` kernels by time (ms; names cut to 90 characters); on a CPU, ops by self CPU time instead. Not a
+    timing (the profiler adds overhead on the host); it splits the device's work."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         step()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize(device)
     kernels: dict[str, float] = {}
     for ev in prof.key_averages():
-        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if t and ev.device_type == torch.autograd.DeviceType.CUDA:
+        if cuda:
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+            t = t if ev.device_type == torch.autograd.DeviceType.CUDA else 0.0
+        else:
+            t = ev.self_cpu_time_total
+        if t:
             kernels[ev.key[:90]] = kernels.get(ev.key[:90], 0.0) + t / 1e3
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1])
     return dict(kernel_ms_total=round(sum(kernels.values()), 2),
@@ -467,8 +473,8 @@ def section_lora(ctx) -> dict:
                     step = med(clock.intervals(None, skip=a.warmup))
                     row.update(step_ms=round(step * 1e3, 1), tokens_per_s=round(B * a.seq / step), peak_gib=gib(peak),
                                losses=[round(r["loss"], 4) for r in clock.records[None]])
-                    if not ckpt and ctx.device.type == "cuda":  # where a step's GPU time goes, per kernel
-                        row["profile"] = profile_kernels(lambda: lm_loss(model, ids).backward())
+                    if not ckpt:  # where a step's GPU time goes, per kernel
+                        row["profile"] = profile_kernels(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
                     log(ctx, f"c: LoRA {mode} ckpt={ckpt}: {row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB")
                 except Exception as err:  # noqa: BLE001
                     row["error"] = err_str(err)
