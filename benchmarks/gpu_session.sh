@@ -50,7 +50,7 @@ for step in "$@"; do
     case $step in
         tests)
             run 200 tests-half python3 -m pytest -m gpu $GPU_TESTS -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q
-            run 120 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
+            run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
         kernels)
             run 330 kernels python3 benchmarks/bench_attention.py --no-decode --out "$OUT/kernels.json" \
                 --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 triton_hybrid_tk ;;
