@@ -333,15 +333,36 @@ round(ratio_32k, 1), round(max(linear_peaks), 1), round(max(softmax_peaks), 1)
 #
 # * **The real model on one GPU:** `REAL_8B = True` above, `MODEL_PATH` a local directory with the sharded
 #   safetensors (or a hub id with access). The memory plan refuses before loading when the GPU is too small.
-# * **Past one GPU** (`lolcats_lab.scale.distributed`): stage 1 with the layers split over the ranks (each
-#   rank recomputes the teacher prefix; the trained maps are broadcast at the end, identical to one process)
-#   and stage 2 with FSDP2. The cell below is the command line; it needs a multi-GPU machine.
+# * **Past one GPU** (`lolcats_lab.scale.distributed`), two ways to split stage 1:
+#   * `--shard data`: every rank trains every layer on its own rows and the map gradients are averaged
+#     after each backward (the same maps as one process whose batch joins the ranks' batches);
+#   * `--shard layers`: each rank trains a block of layers, recomputing the teacher forward through the
+#     layers before its block; the trained maps are broadcast at the end, bit-for-bit one process's.
+#
+#   Stage 2 runs with FSDP2. Recorded on two H200s (random 8B-shaped weights, seq 1024, batch 4 per rank,
+#   40 steps per layer; `bash benchmarks/gpu_session.sh dist`):
+
+# %%
+DIST = pathlib.Path("..") / "benchmarks" / "results" / "NVIDIA_H200x2-8b-distributed-2026-11-23.json"
+dist = json.loads(DIST.read_text())
+names = ["1 GPU"] + [f"2 GPUs, --shard {r['shard']}" for r in dist["runs"]]
+rates = [dist["one_gpu"]["trained_tokens_per_s"]] + [r["trained_tokens_per_s"] for r in dist["runs"]]
+fig = go.Figure(go.Bar(x=names, y=[r / 1e3 for r in rates],
+                       text=["1.00x"] + [f"{r['throughput_ratio']:.2f}x" for r in dist["runs"]]))
+fig.update_layout(yaxis_title="stage 1: trained k tokens/s", height=340,
+                  title="Layer-wise attention transfer on 2 H200s (target: 1.8x one GPU)")  # fmt: skip
+fig.show()
+
+# %% [markdown]
+# Data parallelism scales (each rank does the one-GPU job on its own rows); layer sharding stops short
+# because the second rank repeats the teacher forward through the first rank's layers. The commands (they
+# need two GPUs and the weights):
 
 # %%
 # NBVAL_SKIP
 # needs 2 GPUs and the weights: run it from a shell, not from this notebook
 print("torchrun --nproc-per-node 2 -m lolcats_lab.scale.distributed transfer --model /path/to/Meta-Llama-3-8B "
-      "--data default --out runs/llama3-8b --train-sequences 64 --steps 200")
+      "--data default --out runs/llama3-8b --train-sequences 64 --steps 200 --shard data")
 print("torchrun --nproc-per-node 2 -m lolcats_lab.scale.distributed lora --model /path/to/Meta-Llama-3-8B "
       "--checkpoint runs/llama3-8b/checkpoint --data default --out runs/llama3-8b-lora --grad-checkpointing")
 
