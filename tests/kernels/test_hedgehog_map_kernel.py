@@ -108,3 +108,13 @@ def test_map_weight_gradient_alone():
     triton_hedgehog_map(x, wg).backward(dphi)
     check_close("dw", want, wg.grad, **TOLERANCES[torch.float32])
     assert x.grad is None
+
+
+def test_map_frozen_weight_gets_no_gradient():
+    """Stage 2 freezes the maps: the backward skips dW (w.grad stays None) and dx still matches."""
+    x, w, dphi = _case(1, 2, 65, 16, 8, torch.float32, seed=3)
+    want = _run(hedgehog_phi, x, w, dphi)[1]
+    xg = x.detach().clone().requires_grad_()
+    triton_hedgehog_map(xg, w).backward(dphi)
+    assert w.grad is None
+    check_close("dx", want, xg.grad, **TOLERANCES[torch.float32])
