@@ -178,7 +178,9 @@ class LinearizedAttention(nn.Module):
                 raise ValueError(f"{spec.model_type} attention needs position_embeddings=(cos, sin) for RoPE")
             cos, sin = position_embeddings
             q, k = spec.model_function(base, "apply_rotary_pos_emb")(q, k, cos, sin)
-        return q, k, v
+        # q keeps the projection's [B, T, H, D] memory order through transpose and RoPE; the feature map and
+        # the attention kernels each need it contiguous: one copy here instead of one in each
+        return q.contiguous(), k, v
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         """y [B, H, T, D] -> [B, T, hidden] through the output projection (when the module owns one)."""
