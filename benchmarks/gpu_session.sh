@@ -63,7 +63,7 @@ for step in "$@"; do
         decode)
             run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
         profile)
-            run 90 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --out "$OUT/profile.json" ;;
+            run 150 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 32768 --out "$OUT/tune.json" ;;
         8b-train)

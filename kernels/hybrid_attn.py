@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tl_helpers import dot as _dot
 from ._tl_helpers import head_offsets, load_segment_state, segment_chunks
 from ._tl_helpers import load_rows as _rows
@@ -519,7 +520,8 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
     s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
                              chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
     o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
-    hybrid_attn_fwd_kernel[(n_seg, B * H)](
+    launch(
+        hybrid_attn_fwd_kernel, (n_seg, B * H),
         q, k, v, fq, fk, gamma, s0, z0, o, T, window, sink_tokens, scale, eps, n_seg, CPS=cps, **meta
     )
     return o, (s0, z0, cps)
@@ -546,7 +548,8 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
     dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
-    hybrid_attn_bwd_dq_kernel[(n_seg, B * H)](
+    launch(
+        hybrid_attn_bwd_dq_kernel, (n_seg, B * H),
         q, k, v, fq, fk, do, gamma, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, window, sink_tokens, scale, eps,
         n_seg, CPS=cps, **meta,
     )  # fmt: skip
@@ -556,7 +559,8 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
         prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd,
     )  # fmt: skip
     p0, r0 = scan_segments_(P, reverse=True, inclusive=True), scan_segments_(r, reverse=True, inclusive=True)
-    hybrid_attn_bwd_dkv_kernel[(n_seg, B * H)](
+    launch(
+        hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
         q, k, v, fq, fk, do, gamma, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale,
         n_seg, CPS=cps, **meta,
     )  # fmt: skip

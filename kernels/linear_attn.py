@@ -56,6 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tl_helpers import (
     dot,
     head_offsets,
@@ -333,7 +334,8 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
     BV = min(BVS, block(block_v))
     o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
     grid = (triton.cdiv(sz["V"], BV), n_seg, B * H)
-    linear_attn_fwd_kernel[grid](
+    launch(
+        linear_attn_fwd_kernel, grid,
         q, k, v, q if wq is None else wq, k if wk is None else wk, s0, z0, o, T, eps, n_seg,
         H=H, GK=GK, GV=GV, CPS=cps, BV=BV, BVS=BVS, HEDGEHOG=wq is not None,
         PREC=dot_precision(q.dtype), LOWP=_lowp(q, wq, dict(sz, BV=BVS)), **sz,
@@ -364,11 +366,11 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
-    linear_attn_bwd_dq_kernel[(n_seg, B * H)](q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
+    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     P, r = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
     p0, r0 = scan_segments_(P, reverse=True, inclusive=False), scan_segments_(r, reverse=True, inclusive=False)
-    linear_attn_bwd_dkv_kernel[(n_seg, B * H)](q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
+    launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]
     if not hedgehog:

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_w2
+from ._launch import launch
 from ._utils import autotune_configs, check_segment_chunks
 
 _CONFIGS = autotune_configs(
@@ -129,7 +130,8 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
     S = x.new_empty(B * H, n_seg, BF, BV, dtype=torch.float32)
     z = x.new_empty(B * H, n_seg, BF, dtype=torch.float32)
     reverse = den is not None
-    segment_state_kernel[(n_seg, B * H)](
+    launch(
+        segment_state_kernel, (n_seg, B * H),
         x, x if w is None else w, y, den if reverse else S, dd if reverse else S, bounds, S, z, T, n_seg,
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
         HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
