@@ -52,10 +52,12 @@ def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 @triton.jit
 def load_segment_state(s0, z0, i_seg, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
     """The state a segment starts from (segments.py): columns [v0, v0 + BV) of the padded fp32 matrix
-    s0[i_seg] [BF, BVS] and the vector z0[i_seg] [BF]; i_seg = (b * H + h) * NSEG + segment."""
+    S[i_seg] [BF, BVS] and the vector z[i_seg] [BF]; i_seg = (b * H + h) * NSEG + segment. s0, z0: the S
+    and z views of one state buffer (segments.split_states), segment blocks BF * BVS + BF floats apart."""
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
-    b_S = tl.load(s0 + i_seg * BF * BVS + o_f[:, None] * BVS + v0 + o_v[None, :])  # [BF, BV]
-    b_z = tl.load(z0 + i_seg * BF + o_f)  # [BF]
+    base = i_seg * (BF * BVS + BF)
+    b_S = tl.load(s0 + base + o_f[:, None] * BVS + v0 + o_v[None, :])  # [BF, BV]
+    b_z = tl.load(z0 + base + o_f)  # [BF]
     return b_S, b_z
 
 

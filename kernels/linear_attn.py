@@ -78,7 +78,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states
+from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states, split_states
 
 LINEAR_EPS = 1e-12
 
@@ -310,13 +310,15 @@ def _state_args(q, wq, sz):
 
 def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
     """(s0, z0, cps): the fp32 state each segment starts from, [B*H, NSEG, BF, BV] and [B*H, NSEG, BF] (an
-    exclusive prefix sum of per-segment key sums), and the chunks per segment."""
+    exclusive prefix sum of per-segment key sums; views of one buffer, scanned in one pass), and the chunks
+    per segment."""
     B, H, T, _ = q.shape
     chunk_size = sz["BT"]
     cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
-    S, z = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
-    return scan_segments_(S, reverse=False, inclusive=False), scan_segments_(z, reverse=False, inclusive=False), cps
+    states = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
+    scan_segments_(states, reverse=False, inclusive=False)
+    return (*split_states(states, sz["BF"], sz["BV"]), cps)
 
 
 def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
@@ -368,8 +370,9 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
     launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
-    P, r = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
-    p0, r0 = scan_segments_(P, reverse=True, inclusive=False), scan_segments_(r, reverse=True, inclusive=False)
+    rev = scan_segments_(segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs), reverse=True,
+                         inclusive=False)  # fmt: skip
+    p0, r0 = split_states(rev, sz["BF"], sz["BV"])
     launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]

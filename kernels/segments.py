@@ -8,8 +8,9 @@ is cut into NSEG segments of CPS chunks each, run as separate programs, two leve
     1. segment_state_kernel, grid (NSEG, B*H): each program sums its segment's keys into (S_s, z_s)
        independently; no program waits for another;
     2. segment_scan_kernel: an exclusive prefix sum over segments (forward) or suffix sum (backward), in
-       place, gives every segment the state it starts from, [B*H, NSEG, BF, BV] fp32 (one pass over the
-       states; ``exclusive_prefix`` / ``suffix_sum`` are its PyTorch references);
+       place, gives every segment the state it starts from (one pass over the states, S and z together:
+       they share one buffer [B*H, NSEG, BF*BV + BF] fp32, S row-major then z, split by
+       ``split_states``; ``exclusive_prefix`` / ``suffix_sum`` are the scan's PyTorch references);
     3. the attention kernels, grid (..., NSEG, B*H), start each segment from that state.
 
 The key range a segment's state covers is set by the caller as explicit bounds [lo_s, hi_s) per segment
@@ -57,7 +58,8 @@ def segment_state_kernel(
 ):  # fmt: skip
     """Grid (NSEG, B*H). x [B, H/GX, T, K] (features, or raw with the Hedgehog projection w [H, K, FH]);
     y [B, H/GY, T, V]. Writes S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF]
-    (fp32, padded), with y' = y, c = 1 forward and y' = y / den, c = dd in reverse."""
+    (fp32, padded), with y' = y, c = 1 forward and y' = y / den, c = dd in reverse. s_out, z_out: the S and
+    z parts of one state buffer, each segment's block BF * BV + BF floats apart (split_states)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     i_bx = ((i_bh // H) * (H // GX) + (i_bh % H) // GX).to(tl.int64)
@@ -88,9 +90,9 @@ def segment_state_kernel(
             b_z += tl.sum(b_f, 0)
         b_S += dot(tl.trans(b_f), b_y, DT, PREC)
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
-    base = i_bh64 * NSEG + i_s
-    tl.store(s_out + base * BF * BV + o_f[:, None] * BV + o_v[None, :], b_S)
-    tl.store(z_out + base * BF + o_f, b_z)
+    base = (i_bh64 * NSEG + i_s) * (BF * BV + BF)
+    tl.store(s_out + base + o_f[:, None] * BV + o_v[None, :], b_S)
+    tl.store(z_out + base + o_f, b_z)
 
 
 # ----------------------------------------------------------------------------------------------- host side
@@ -123,12 +125,20 @@ def bounds_tensor(pairs, device) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.int32, device=device)
 
 
+def split_states(states: torch.Tensor, BF: int, BV: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A state buffer [rows, NSEG, BF*BV + BF] -> views S [rows, NSEG, BF, BV] and z [rows, NSEG, BF]. The
+    kernels read both through load_segment_state (segment blocks BF*BV + BF floats apart)."""
+    rows, n_seg = states.shape[:2]
+    return states[..., : BF * BV].view(rows, n_seg, BF, BV), states[..., BF * BV :]
+
+
 def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None):
-    """Launch segment_state_kernel: per-segment sums (S [B*H, NSEG, BF, BV], z [B*H, NSEG, BF]) fp32."""
+    """Launch segment_state_kernel: per-segment sums, one fp32 buffer [B*H, NSEG, BF*BV + BF] holding S
+    [BF, BV] then z [BF] per segment (``split_states`` gives the two views; one scan covers both)."""
     B, T = x.shape[0], x.shape[2]
     n_seg = bounds.shape[0]
-    S = x.new_empty(B * H, n_seg, BF, BV, dtype=torch.float32)
-    z = x.new_empty(B * H, n_seg, BF, dtype=torch.float32)
+    states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
+    S, z = split_states(states, BF, BV)
     reverse = den is not None
     launch(
         segment_state_kernel, (n_seg, B * H),
@@ -136,7 +146,7 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
         HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
     )  # fmt: skip
-    return S, z
+    return states
 
 
 @triton.jit(do_not_specialize=["NSEG"])
