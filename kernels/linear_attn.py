@@ -78,6 +78,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
+from .hedgehog_map import project_back
 from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states, split_states
 
 LINEAR_EPS = 1e-12
@@ -386,24 +387,11 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
 
 
 def hedgehog_project_back(dz2, x, w, need_dx: bool = True):
-    """The Hedgehog projection's backward as two GEMMs over the whole sequence (cuBLAS on the GPU).
-
-    dz2 [B, H, T, 2f]: the gradient of z2 = x W2 from the kernels (interleaved, see load_w2; x's dtype or
-    fp32); x [B, XH, T, K] (XH dividing H: grouped-query keys, shared by H / XH query heads), w [H, K, f].
-    With z = x w,
-    dz = dz2[..., 0::2] - dz2[..., 1::2]; returns dx = sum over each head group of dz w^T [B, XH, T, K] (x's
-    dtype; None when not need_dx) and dw = sum_b x^T dz [H, K, f] (w's dtype)."""
-    B, H, T, _ = dz2.shape
-    XH, K, f = x.shape[1], x.shape[-1], w.shape[-1]
-    G = H // XH
-    dz = (dz2[..., 0::2] - dz2[..., 1::2]).to(x.dtype)  # [B, H, T, f] in x's dtype (GEMM operands)
-    dz_g = dz.view(B, XH, G, T, f)
-    w_g = w.to(x.dtype).view(XH, G, K, f)
-    dw = torch.einsum("bntk,bngtf->ngkf", x, dz_g).reshape(H, K, f)  # [H, K, f]
-    if not need_dx:
-        return None, dw.to(w.dtype)
-    dx = torch.einsum("bngtf,ngkf->bntk", dz_g, w_g)  # [B, XH, T, K], summed over the G heads in the GEMM
-    return dx.to(x.dtype), dw.to(w.dtype)
+    """The Hedgehog projection's backward from the kernels' interleaved gradient: dz2 [B, H, T, 2f] is the
+    gradient of z2 = x W2 (see load_w2; x's dtype or fp32). With z = x w, dz = dz2[..., 0::2] - dz2[..., 1::2],
+    then dx, dw as two GEMMs over the whole sequence (hedgehog_map.project_back: x [B, XH, T, K] with XH
+    dividing H, w [H, K, f]). Returns (dx or None when not need_dx, dw)."""
+    return project_back(dz2[..., 0::2] - dz2[..., 1::2], x, w, need_dx=need_dx)
 
 
 class LinearAttnFunction(torch.autograd.Function):
