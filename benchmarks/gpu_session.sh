@@ -8,6 +8,7 @@
 #
 # Steps:
 #   tests     pytest -m gpu (kernels, models), fp32 tests last; one line per test in $OUT/tests.log
+#             (tests-half / tests-fp32: one of the two)
 #   kernels   bench_attention.py, 1k..64k, ours + SDPA + fla (when installed), no decode
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
@@ -15,6 +16,7 @@
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   tune      bench_attention.py --tune at 4k and 32k (tile size x programs per SM)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
+#   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
 #             the 2-GPU kind), layer-sharded and data parallel, and the throughput ratios from the timing.json
@@ -48,8 +50,11 @@ run() {  # run LIMIT_S NAME CMD...: one step under its time limit, its output in
 GPU_TESTS="tests/kernels tests/models/test_models_gpu.py tests/models/test_triton_decode_cache.py"
 for step in "$@"; do
     case $step in
-        tests)
+        tests|tests-half)
             run 200 tests-half python3 -m pytest -m gpu $GPU_TESTS -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q
+            [ "$step" = tests ] && run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 \
+                -p no:cacheprovider -rA -q ;;
+        tests-fp32)
             run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
         kernels)
             run 330 kernels python3 benchmarks/bench_attention.py --no-decode --out "$OUT/kernels.json" \
@@ -68,6 +73,8 @@ for step in "$@"; do
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 32768 --out "$OUT/tune.json" ;;
         8b-train)
             run 420 8b-train python3 benchmarks/bench_8b.py --sections a,b,c --budget-s 400 --out "$OUT/8b-train.json" ;;
+        8b-lora)  # stage 2 alone (section c), with its per-kernel profile
+            run 240 8b-lora python3 benchmarks/bench_8b.py --sections c --budget-s 200 --out "$OUT/8b-lora.json" ;;
         8b-gen)
             run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
                 --out "$OUT/8b-gen.json" ;;
