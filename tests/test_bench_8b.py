@@ -142,7 +142,7 @@ def test_static_decode_step_continues_the_greedy_rollout(mode):
                 toks.append(s_ids.clone())
             runs.append(torch.cat(toks, 1))
     assert torch.equal(runs[0], runs[1]), (runs[0], runs[1])
-    assert s_pos.tolist() == [[10 + steps]] * 2 and bench._seq_len(cache) == 10 + steps
+    assert s_pos.tolist() == [[10 + steps]] * 2 and bench.cache_seq_len(cache) == 10 + steps
     if mode == "linear":
         assert bench.linear_decode_kind(cache) == "triton ring"
     else:
