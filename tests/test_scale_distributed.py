@@ -207,3 +207,16 @@ def test_data_parallel_transfer_on_two_gloo_ranks_equals_one_process_with_the_un
 def test_data_parallel_transfer_needs_a_process_group():
     with pytest.raises(ValueError, match=r"^transfer_layerwise_data_parallel needs an initialised process group"):
         transfer_layerwise_data_parallel(torch.nn.Linear(2, 2), _ids(), _transfer_cfg())
+
+
+def test_data_parallel_transfer_rejects_rows_that_do_not_split_into_full_batches(tmp_path):
+    """A one-process gloo group: 3 rows with batch 2 cannot give every rank full batches."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"^train_ids has 3 rows; data-parallel transfer needs a multiple of "
+                                              r"world size x batch size = 1 x 2"):  # fmt: skip
+            transfer_layerwise_data_parallel(_model(), _ids()[:3], _transfer_cfg())
+    finally:
+        dist.destroy_process_group()
