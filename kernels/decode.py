@@ -162,7 +162,7 @@ def hybrid_decode_kernel(
         else:
             win_lo = p - W + 1
         # window keys before p: positions [lo, p), all still in the ring (p - lo < WC); visited by position,
-        # so a step reads only the tiles its window covers (tk: 2-4 tiles of 32 over a block, not all 2w)
+        # so a step reads only the tiles its window covers (tk, w = 64: 2 tiles of 64 keys at most, not all 2w)
         lo = tl.maximum(tl.maximum(win_lo, NS), 0)
         for c0 in range(lo, p, BC):
             o_p = c0 + tl.arange(0, BC)
