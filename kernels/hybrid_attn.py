@@ -68,7 +68,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states, split_states
+from .segments import bounds_tensor, plan_segments, segment_states
 
 HYBRID_EPS = 1e-12
 
@@ -503,11 +503,10 @@ def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, c
     """(s0, z0): fp32 [B*H, NSEG, BF, BV] / [B*H, NSEG, BF], each segment's starting linear state."""
     T = q.shape[2]
     bounds = _forward_bounds(T, window, kind, sink_tokens, chunk_size, cps, n_seg, q.device)
-    states = segment_states(
+    return segment_states(
         fk, None, v, bounds, H=meta["H"], GX=1, GY=meta["GV"], FH=0, BT=chunk_size, BK=meta["BF"],
         BF=meta["BF"], BV=meta["BV"], prec=meta["PREC"], lowp=meta["LOWP"],
     )  # fmt: skip
-    return split_states(scan_segments_(states, reverse=False, inclusive=False), meta["BF"], meta["BV"])
 
 
 def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
@@ -554,11 +553,10 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
         n_seg, CPS=cps, **meta,
     )  # fmt: skip
     bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
-    rev = segment_states(
+    p0, r0 = segment_states(
         fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
-        prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd,
+        prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd, inclusive=True,
     )  # fmt: skip
-    p0, r0 = split_states(scan_segments_(rev, reverse=True, inclusive=True), meta["BF"], meta["BV"])
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
         q, k, v, fq, fk, do, gamma, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale,

@@ -79,7 +79,7 @@ from ._utils import (
     dot_precision,
 )
 from .hedgehog_map import project_back
-from .segments import bounds_tensor, plan_segments, scan_segments_, segment_states, split_states
+from .segments import bounds_tensor, plan_segments, segment_states
 
 LINEAR_EPS = 1e-12
 
@@ -317,9 +317,8 @@ def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
     chunk_size = sz["BT"]
     cps, n_seg = plan_segments(T, chunk_size, B * H, q.device, segment_chunks)
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
-    states = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
-    scan_segments_(states, reverse=False, inclusive=False)
-    return (*split_states(states, sz["BF"], sz["BV"]), cps)
+    s0, z0 = segment_states(k, wk, v, bounds, GX=H // k.shape[1], GY=H // v.shape[1], **_state_args(q, wq, sz))
+    return s0, z0, cps
 
 
 def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
@@ -371,9 +370,7 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
     launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
-    rev = scan_segments_(segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs), reverse=True,
-                         inclusive=False)  # fmt: skip
-    p0, r0 = split_states(rev, sz["BF"], sz["BV"])
+    p0, r0 = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
     launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]

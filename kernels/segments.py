@@ -132,9 +132,13 @@ def split_states(states: torch.Tensor, BF: int, BV: int) -> tuple[torch.Tensor, 
     return states[..., : BF * BV].view(rows, n_seg, BF, BV), states[..., BF * BV :]
 
 
-def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None):
-    """Launch segment_state_kernel: per-segment sums, one fp32 buffer [B*H, NSEG, BF*BV + BF] holding S
-    [BF, BV] then z [BF] per segment (``split_states`` gives the two views; one scan covers both)."""
+def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None,
+                   inclusive=False):  # fmt: skip
+    """The state each segment starts from: segment_state_kernel's per-segment sums, then one scan over them
+    (prefix sums forward; suffix sums in reverse, i.e. when den, dd are given), exclusive or ``inclusive``.
+
+    Returns views (S [B*H, NSEG, BF, BV], z [B*H, NSEG, BF]) fp32 of one buffer [B*H, NSEG, BF*BV + BF]
+    (``split_states``), so that one scan launch covers both."""
     B, T = x.shape[0], x.shape[2]
     n_seg = bounds.shape[0]
     states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
@@ -146,7 +150,8 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
         HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
     )  # fmt: skip
-    return states
+    scan_segments_(states, reverse=reverse, inclusive=inclusive)
+    return S, z
 
 
 @triton.jit(do_not_specialize=["NSEG"])
