@@ -58,7 +58,7 @@ if __name__ == "__main__":  # before CUDA starts: less fragmentation (long prefi
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import GiB, err_str, gib, med  # noqa: E402
+from _common import GiB, device_ms_per_op, err_str, gib, med  # noqa: E402
 from decode_harness import (  # noqa: E402, F401 (re-exported: tests/test_bench_8b.py reads them from here)
     cache_bytes,
     cache_seq_len,
@@ -405,25 +405,12 @@ def _remove_lora(model) -> None:
 
 
 def profile_kernels(step, device: torch.device, top: int = 15) -> dict:
-    """One call of ``step`` (e.g. forward + backward) under torch.profiler: total GPU kernel time and the
-    ``top`` kernels by time (ms; names cut to 90 characters); on a CPU, ops by self CPU time instead. Not a
-    timing (the profiler adds overhead on the host); it splits the device's work."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        step()
-        if cuda:
-            torch.cuda.synchronize(device)
+    """One call of ``step`` (e.g. forward + backward) under torch.profiler (_common.device_ms_per_op): total
+    GPU kernel time and the ``top`` kernels by time (ms; names cut to 90 characters); on a CPU, ops by self
+    CPU time instead."""
     kernels: dict[str, float] = {}
-    for ev in prof.key_averages():
-        if cuda:
-            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-            t = t if ev.device_type == torch.autograd.DeviceType.CUDA else 0.0
-        else:
-            t = ev.self_cpu_time_total
-        if t:
-            kernels[ev.key[:90]] = kernels.get(ev.key[:90], 0.0) + t / 1e3
+    for name, ms in device_ms_per_op(step, device.type == "cuda").items():
+        kernels[name[:90]] = kernels.get(name[:90], 0.0) + ms
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1])
     return dict(kernel_ms_total=round(sum(kernels.values()), 2),
                 top_kernels_ms={k: round(v, 3) for k, v in ranked[:top]})

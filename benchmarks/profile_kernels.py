@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import device_ms_per_op  # noqa: E402
 from bench_attention import environment, make_providers  # noqa: E402
 
 OPS = ("triton_linear", "triton_hedgehog_f64", "triton_hybrid_tk", "sdpa")
 
 
-def profile_one(make, fn, T):
-    from torch.profiler import ProfilerActivity, profile
-
+def fwd_bwd_call(make, fn, T):
+    """A no-argument callable running one forward+backward of ``fn`` on inputs ``make(T)`` (fixed dy)."""
     xs = [x.requires_grad_() if x.is_floating_point() else x for x in make(T)]
     do = torch.randn_like(fn(*xs))
 
@@ -39,6 +39,11 @@ def profile_one(make, fn, T):
             x.grad = None
         fn(*xs).backward(do)
 
+    return run
+
+
+def profile_one(make, fn, T):
+    run = fwd_bwd_call(make, fn, T)
     for _ in range(3):
         run()
     torch.cuda.synchronize()
@@ -50,15 +55,7 @@ def profile_one(make, fn, T):
     end.record()
     torch.cuda.synchronize()
     wall_ms = start.elapsed_time(end) / reps
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
-    kernels: dict[str, float] = {}
-    for ev in prof.key_averages():
-        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if t and ev.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[ev.key] = kernels.get(ev.key, 0.0) + t / 1e3  # ms
-    return wall_ms, dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+    return wall_ms, device_ms_per_op(run, cuda=True)
 
 
 def host_profile(make, fn, T, reps=200, top=20):
@@ -68,14 +65,7 @@ def host_profile(make, fn, T, reps=200, top=20):
     import pstats
     import time
 
-    xs = [x.requires_grad_() if x.is_floating_point() else x for x in make(T)]
-    do = torch.randn_like(fn(*xs))
-
-    def run():
-        for x in xs:
-            x.grad = None
-        fn(*xs).backward(do)
-
+    run = fwd_bwd_call(make, fn, T)
     for _ in range(5):
         run()
     torch.cuda.synchronize()
