@@ -267,32 +267,34 @@ def bench_decode(results, contexts):
     bound_us = total / bw * 1e6
     cache_mib = sum(t.numel() * t.element_size() for t in
                     (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink)) / 2**20
+    import lolcats_lab.kernels.decode as decode_mod
+
+    def steps(ctx):
+        """(label, position) of the three kinds of step after ``ctx`` tokens (ctx a multiple of w)."""
+        return (("mid-block", ctx + 1), ("mid-block, full window", ctx + w - 1),
+                ("block-start (folds w keys)", (ctx // w) * w))  # fmt: skip
+
+    def time_step(pos):
+        """Microseconds per step at position ``pos`` (the step captured in a CUDA graph and replayed)."""
+        def step():
+            cache.pos = pos
+            return hybrid_decode_step(*tok, *ftok, logit, cache)
+
+        step()
+        return do_bench_cudagraph(step, rep=50, return_mode="median") * 1e3
+
     rows = []
     for ctx in contexts:
-        for label, pos in (("mid-block", ctx + 1), ("mid-block, full window", ctx + w - 1),
-                           ("block-start (folds w keys)", (ctx // w) * w)):  # fmt: skip
-            def step(pos=pos):
-                cache.pos = pos
-                return hybrid_decode_step(*tok, *ftok, logit, cache)
-
-            step()
-            us = do_bench_cudagraph(step, rep=50, return_mode="median") * 1e3
+        for label, pos in steps(ctx):
+            us = time_step(pos)
             rows.append(dict(context=ctx, step=label, us=us, bound_us=bound_us, ratio_to_bound=us / bound_us,
                              achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
             print(f"decode ctx {ctx:>7} {label:<28} {us:8.1f} us  bound {bound_us:6.1f} us  ({us / bound_us:.2f}x)")
-    import lolcats_lab.kernels.decode as decode_mod
-
     tiles, default_tile = [], decode_mod.DECODE_TILE  # window keys per tile of the kernel's loops
     for tile in (32, 64):
         decode_mod.DECODE_TILE = tile
-        for label, pos in (("mid-block", 32768 + 1), ("mid-block, full window", 32768 + w - 1),
-                           ("block-start (folds w keys)", 32768)):  # fmt: skip
-            def step_t(pos=pos):
-                cache.pos = pos
-                return hybrid_decode_step(*tok, *ftok, logit, cache)
-
-            step_t()
-            us = do_bench_cudagraph(step_t, rep=50, return_mode="median") * 1e3
+        for label, pos in steps(32768):
+            us = time_step(pos)
             tiles.append(dict(context=32768, step=label, tile=tile, us=us, ratio_to_bound=us / bound_us))
             print(f"decode tile {tile:>3} {label:<28} {us:8.1f} us  ({us / bound_us:.2f}x bound)")
     decode_mod.DECODE_TILE = default_tile
