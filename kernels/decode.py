@@ -27,8 +27,9 @@ itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands
 others as fp32 rank-1 updates), (2) takes the linear terms fq S, fq . z and writes S, z back in place
 when (1) changed them (tk: once per block of w steps), (3) attends to the window keys, visited by
 position (only the ring tiles the window covers), the sinks and the new token (held in registers), and
-(4) writes the output, then the new token into its slot. State and window are read once and the state written at most once: the
-memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
+(4) writes the output, then the new token into its slot. State and window are read once and the state
+written at most once: the memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the
+write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
 p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
 """
 

@@ -23,8 +23,8 @@ every layer on its own rows ``train_ids[rank::world]``, filling its own teacher 
 teacher forwards, none repeated), and the map gradients are averaged over the ranks after each backward
 (one all-reduce per parameter, a few MB per layer). The result is one process's run with batch
 ``world x batch_size`` on all rows, up to rounding. It scales throughput where layer sharding cannot: on
-2 H200s, 32 layers, layer sharding took 10.4 s against 15.9 s on one (1.52x), each rank recomputing
-the teacher prefix before its block.
+2 H200s, 32 layers, data parallelism gave 2.08x one GPU's trained tokens/s and layer sharding 1.52-1.66x
+(two runs), each rank recomputing the teacher prefix before its block.
 
 Stage 2 with FSDP (:func:`finetune_lora_fsdp`): LoRA is injected first, then each decoder layer and the
 root are sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``); frozen base weights are sharded too,
