@@ -72,7 +72,7 @@ def _types():
     return dict(
         q=bf, k=bf, v=bf, o=bf, do=bf, dq=bf, dk=bf, dv=bf, fq=bf, fk=bf, dfq=bf, dfk=bf, x=bf, y=bf,
         wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
-        mx=f32, dm=f32, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
+        mx=f32, dm=f32, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
     )  # fmt: skip
 
@@ -99,7 +99,8 @@ def cases(chunk: int):
     for F in (128, 256):
         ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
                   LOWP=True, WIN_ONLY=True)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)
-        yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, ce
+        yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, dict(ce, STATS=False)
+        yield f"hybrid F={F} fwd + row stats", ha.hybrid_attn_fwd_kernel, dict(ce, STATS=True)
         yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce
         yield f"hybrid F={F} bwd dk/dv", ha.hybrid_attn_bwd_dkv_kernel, ce
 

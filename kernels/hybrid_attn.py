@@ -38,9 +38,12 @@ Backward, with den_i the denominator, dn_i = dy_i / den_i, dd_i = -dn_i . y_i, g
     linear:  dfq_i += g_ij fk_j,  dfk_j += g_ij fq_i,  dv_j += (fq_i . fk_j) dn_i
     gamma:   d window_logit_h = (1 - gamma_h) sum_{b, i} -dM_i
     dq = scale sum_j ds_ij k_j,  dk = scale sum_i ds_ij q_i
-Kernel 1 (forward scan over query tiles) recomputes the forward, writes den, dd, M, argmax, dM
-([B, H, T]) and dq, dfq. Kernel 2 (reverse scan over key tiles, with the reverse linear state
-P = sum fq dn^T, r = sum dd fq over the queries for which the whole key tile is linear) writes dk, dfk, dv.
+The forward, when a gradient is wanted, also stores per row what the backward would otherwise recompute
+(RowStats): den, M, argmax [B, H, T] and u = (N^w (D^l + eps) - N^l D^w) / den^2 [B, H, T, D], so that
+with the output y, dd_i = -dn_i . y_i and dM_i = -dy_i . u_i. Kernel 1 (forward scan over query tiles) then makes one pass
+over each query tile's keys for dq, dfq and writes dd, dM ([B, H, T]). Kernel 2 (reverse scan over key
+tiles, with the reverse linear state P = sum fq dn^T, r = sum dd fq over the queries for which the whole
+key tile is linear) writes dk, dfk, dv.
 
 The gradient through M_i goes to the first maximising key (torch's ``amax`` splits it evenly among exact
 ties; with continuous inputs ties have probability zero, and both are valid subgradients).
@@ -49,6 +52,7 @@ ties; with continuous inputs ties have probability zero, and both are valid subg
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -264,16 +268,17 @@ def _dkv_queries(
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
+@triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY", "STATS"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_fwd_kernel(
-    q, k, v, fq, fk, gam, s0, z0, o, T, W, NS, scale, eps, NSEG,
+    q, k, v, fq, fk, gam, s0, z0, o, u, den, mx, amax, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
-    that turned linear before the segment. Writes y [B, H, T, D]."""
+    that turned linear before the segment. Writes y [B, H, T, D]; with STATS also the row statistics the
+    backward starts from (u [B, H, T, D], den, mx, amax [B, H, T]; see the module docstring)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -283,6 +288,11 @@ def hybrid_attn_fwd_kernel(
     fk += i_bh64 * T * F
     v += i_bv * T * V
     o += i_bh64 * T * V
+    if STATS:
+        u += i_bh64 * T * V
+        den += i_bh64 * T
+        mx += i_bh64 * T
+        amax += i_bh64 * T
     gamma = tl.load(gam + i_bh % H)
     # keys [sinks, L0(segment start)) as linear
     b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
@@ -297,22 +307,31 @@ def hybrid_attn_fwd_kernel(
         L_done = L0
         b_q = _rows(q, o_i, m_i, K, BK)
         b_fq = _rows(fq, o_i, m_i, F, BF)
-        b_nw, b_dw, b_nl, b_dl, _, _ = _fwd_tile(
+        b_nw, b_dw, b_nl, b_dl, b_m, b_idx = _fwd_tile(
             k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, False)  # fmt: skip
-        _store(o, (b_nw + b_nl) / (b_dw + b_dl + eps)[:, None], o_i, m_i, V, BV)
+            K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, STATS)  # fmt: skip
+        b_den = b_dw + b_dl + eps  # [BT]
+        b_y = (b_nw + b_nl) / b_den[:, None]  # [BT, BV]
+        _store(o, b_y, o_i, m_i, V, BV)
+        if STATS:
+            # u = (nw (dl + eps) - nl dw) / den^2, so that dM = -dy . u (no cancellation: see the docstring)
+            b_u = (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]) / (b_den * b_den)[:, None]
+            _store(u, b_u, o_i, m_i, V, BV)
+            tl.store(den + o_i, b_den, mask=m_i)
+            tl.store(mx + o_i, b_m, mask=m_i)
+            tl.store(amax + o_i, b_idx, mask=m_i)
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dq_kernel(
-    q, k, v, fq, fk, do, gam, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, eps, NSEG,
+    q, k, v, fq, fk, do, gam, s0, z0, o, u, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
-    """Grid (NSEG, B*H). Forward scan of a segment: recompute each query tile, then dq, dfq; writes den, dd,
-    M, argmax, dM."""
+    """Grid (NSEG, B*H). Forward scan of a segment: from the forward's output o and row statistics (u, den,
+    M, argmax), one pass over each query tile's keys gives dq, dfq; writes dd and dM for the dk/dv kernel."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -324,6 +343,8 @@ def hybrid_attn_bwd_dq_kernel(
     fk += i_bh64 * T * F
     v += i_bv * T * V
     do += i_bh64 * T * V
+    o += i_bh64 * T * V
+    u += i_bh64 * T * V
     den += i_bh64 * T
     dd += i_bh64 * T
     mx += i_bh64 * T
@@ -343,16 +364,13 @@ def hybrid_attn_bwd_dq_kernel(
         L_done = L0
         b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
         b_fq = _rows(fq, o_i, m_i, F, BF)  # [BT, BF]
-        b_nw, b_dw, b_nl, b_dl, b_m, b_idx = _fwd_tile(
-            k, v, fk, b_q, b_fq, b_S, b_z, o_i, c0, L0, T, W, NS, scale, gamma, eps,
-            K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, True)  # fmt: skip
-        b_den = b_dw + b_dl + eps  # [BT]
-        b_dn = _rows(do, o_i, m_i, V, BV) / b_den[:, None]  # [BT, BV]
-        b_dd = -tl.sum(b_dn * (b_nw + b_nl), 1) / b_den  # [BT]
-        # dM = -sum_W e g = -dn . (nw (dl + eps) - nl dw) / den: the same quantity written without the
-        # cancellation between dn . v_j and dd (exactly 0 for rows whose keys are all window keys)
-        b_dm = -tl.sum(b_dn * (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]), 1) / b_den
-        # second pass over the same keys: gradients (sink tiles: window keys only)
+        b_do = _rows(do, o_i, m_i, V, BV)  # [BT, BV]
+        b_dn = b_do / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]  # [BT, BV]
+        b_dd = -tl.sum(b_dn * _rows(o, o_i, m_i, V, BV), 1)  # [BT]: -dn . y (y as the forward returned it)
+        b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)  # [BT]: dM = -dy . u
+        b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
+        b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
+        # one pass over the query tile's keys (sink tiles: window keys only)
         b_dq = tl.zeros([BT, BK], dtype=tl.float32)
         b_dfq = tl.zeros([BT, BF], dtype=tl.float32)
         n_sink = tl.minimum(NS, L0)
@@ -370,10 +388,7 @@ def hybrid_attn_bwd_dq_kernel(
         b_dfq += _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :]
         _store(dq, b_dq, o_i, m_i, K, BK)
         _store(dfq, b_dfq, o_i, m_i, F, BF)
-        tl.store(den + o_i, b_den, mask=m_i)
         tl.store(dd + o_i, b_dd, mask=m_i)
-        tl.store(mx + o_i, b_m, mask=m_i)
-        tl.store(amax + o_i, b_idx, mask=m_i)
         tl.store(dm + o_i, b_dm, mask=m_i)
 
 
@@ -510,57 +525,80 @@ def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, c
 
 
 def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
-                    segment_chunks=None):  # fmt: skip
-    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D] and the segment
-    start states (s0, z0, cps) for the backward."""
+                    segment_chunks=None, stats=False):  # fmt: skip
+    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D], the segment start
+    states (s0, z0, cps) and, when ``stats``, the row statistics the backward needs (``RowStats``), else
+    None."""
     B, H, T, _ = q.shape
     meta = _meta(q, k, fq, v, kind, window, chunk_size)
     cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
     s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
                              chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
     o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
+    row = RowStats.empty(o) if stats else None
     launch(
         hybrid_attn_fwd_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, gamma, s0, z0, o, T, window, sink_tokens, scale, eps, n_seg, CPS=cps, **meta
-    )
-    return o, (s0, z0, cps)
+        q, k, v, fq, fk, gamma, s0, z0, o, *(row if stats else (o,) * 4), T, window, sink_tokens, scale, eps, n_seg,
+        CPS=cps, STATS=stats, **meta
+    )  # fmt: skip
+    return o, (s0, z0, cps), row
+
+
+class RowStats(NamedTuple):
+    """What the forward keeps per query row, besides its output y, so that the backward's dq kernel makes
+    one pass over each row's keys instead of recomputing the forward first: u [B, H, T, D] in the output's
+    dtype (dM = -dy . u, computed in fp32 without cancellation, so rounding it costs only its own relative
+    error), den and mx (the window maximum M) [B, H, T] fp32, amax (M's key) [B, H, T] int32. With y itself
+    (as FlashAttention does, dd = -dn . y uses the returned, rounded y: for half inputs the kernels already
+    round dn and the state S to that precision in the same sums), 2 bytes per output element beyond it in
+    bf16, plus 12 per row."""
+
+    u: torch.Tensor
+    den: torch.Tensor
+    mx: torch.Tensor
+    amax: torch.Tensor
+
+    @classmethod
+    def empty(cls, o: torch.Tensor) -> "RowStats":
+        B, H, T, _ = o.shape
+        den, mx = o.new_empty(2, B, H, T, dtype=torch.float32).unbind(0)
+        return cls(torch.empty_like(o), den, mx, o.new_empty(B, H, T, dtype=torch.int32))
 
 
 def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
-                    chunk_size=32, states=None, segment_chunks=None):  # fmt: skip
-    """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
-    (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
+                    chunk_size=32, o=None, states=None, row=None, segment_chunks=None):  # fmt: skip
+    """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``o``, ``states``, ``row``: the
+    forward's output, (s0, z0, cps) and RowStats; when any is None the forward runs again to make them.
+    Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
     B, H, T, _ = q.shape
     meta = _meta(q, k, fq, v, kind, window, chunk_size)
     GK, GV = meta["GK"], meta["GV"]
-    if states is None:
-        cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
-        s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
-                                 chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
-    else:
-        s0, z0, cps = states
+    if o is None or states is None or row is None:
+        o, states, row = hybrid_attn_fwd(
+            q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+            chunk_size=chunk_size, segment_chunks=segment_chunks, stats=True,
+        )  # fmt: skip
+    s0, z0, cps = states
     n_seg = s0.shape[1]
-    stats = q.new_empty(4, B, H, T, dtype=torch.float32)  # den, dd, M, dM
-    den, dd, mx, dm = stats.unbind(0)
-    amax = q.new_empty(B, H, T, dtype=torch.int32)
+    dd, dm = q.new_empty(2, B, H, T, dtype=torch.float32).unbind(0)
     dq, dfq, dfk = (torch.empty_like(x) for x in (q, fq, fk))
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
     dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
     launch(
         hybrid_attn_bwd_dq_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, gamma, s0, z0, dq, dfq, den, dd, mx, amax, dm, T, window, sink_tokens, scale, eps,
-        n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, gamma, s0, z0, o, row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T, window,
+        sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
     bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
     p0, r0 = segment_states(
         fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
-        prec=meta["PREC"], lowp=meta["LOWP"], den=den, dd=dd, inclusive=True,
+        prec=meta["PREC"], lowp=meta["LOWP"], den=row.den, dd=dd, inclusive=True,
     )  # fmt: skip
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, gamma, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, window, sink_tokens, scale,
-        n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, gamma, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, T, window, sink_tokens,
+        scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
     if GK > 1:
         dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
@@ -572,18 +610,18 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
 
 
 class HybridAttnFunction(torch.autograd.Function):
-    """Autograd wrapper; saves the inputs and the segment start states (the backward recomputes the forward
-    per tile)."""
+    """Autograd wrapper; saves the inputs, the segment start states, the output and the forward's row
+    statistics (RowStats)."""
 
     @staticmethod
     def forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size,
                 segment_chunks):  # fmt: skip
         gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
-        o, (s0, z0, cps) = hybrid_attn_fwd(
+        o, (s0, z0, cps), row = hybrid_attn_fwd(
             q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
-            chunk_size=chunk_size, segment_chunks=segment_chunks,
+            chunk_size=chunk_size, segment_chunks=segment_chunks, stats=any(ctx.needs_input_grad[:6]),
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, fq, fk, gamma, s0, z0)
+        ctx.save_for_backward(q, k, v, fq, fk, gamma, s0, z0, *((o, *row) if row else ()))
         ctx.cps = cps
         ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
         ctx.logit_dtype = window_logit.dtype
@@ -591,9 +629,9 @@ class HybridAttnFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, fq, fk, gamma, s0, z0 = ctx.saved_tensors
+        q, k, v, fq, fk, gamma, s0, z0, o, *row = ctx.saved_tensors
         dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
-            q, k, v, fq, fk, gamma, do.contiguous(), states=(s0, z0, ctx.cps), **ctx.cfg
+            q, k, v, fq, fk, gamma, do.contiguous(), o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
         )
         return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None, None
 

@@ -173,6 +173,45 @@ def test_hybrid_prefix_invariance():
     assert torch.equal(y_full[:, :, :50], y_pre)
 
 
+@pytest.mark.parametrize("kind,sinks", [("tk", 0), ("sw", 2)])
+def test_hybrid_row_stats(kind, sinks):
+    """The statistics the forward saves for the backward (RowStats) against the SPEC's definitions, the
+    forward without them equal to the forward with them, and the backward from saved statistics equal
+    to one that recomputes them."""
+    from lolcats_lab.attention.hybrid import window_masks
+    from lolcats_lab.kernels.hybrid_attn import hybrid_attn_bwd, hybrid_attn_fwd
+
+    xs, do = make_inputs(1, 2, 70, 12, 10, 9, torch.float32, q_scale=3.0)
+    q, k, v, fq, fk, logit = xs
+    gamma = torch.sigmoid(logit)
+    cfg = dict(window=16, kind=kind, sink_tokens=sinks, scale=12**-0.5, chunk_size=16)
+    y, states, row = hybrid_attn_fwd(q, k, v, fq, fk, gamma, stats=True, **cfg)
+    y_plain, _, none = hybrid_attn_fwd(q, k, v, fq, fk, gamma, stats=False, **cfg)
+    assert none is None and torch.equal(y, y_plain)
+    # naive statistics, fp32
+    pos = torch.arange(70)
+    in_w, in_l = window_masks(pos, pos, window=16, kind=kind, sink_tokens=sinks)
+    s = torch.einsum("bhik,bhjk->bhij", q, k) * 12**-0.5
+    m = s.masked_fill(~in_w, -math.inf).amax(-1)  # [B, H, T]
+    e = gamma[:, None, None] * torch.exp(s - m[..., None]).masked_fill(~in_w, 0.0)
+    a = torch.einsum("bhif,bhjf->bhij", fq, fk).masked_fill(~in_l, 0.0)
+    dw, dl = e.sum(-1), a.sum(-1)
+    den = dw + dl + 1e-12
+    nw, nl = e @ v, a @ v
+    u = (nw * (dl + 1e-12)[..., None] - nl * dw[..., None]) / (den**2)[..., None]
+    tol = dict(rtol=1e-5, atol=1e-6)  # fp32 math in a different order
+    torch.testing.assert_close(row.mx, m, **tol)
+    torch.testing.assert_close(row.den, den, **tol)
+    torch.testing.assert_close(row.u, u, **tol)
+    assert torch.equal(row.amax.long(), s.masked_fill(~in_w, -math.inf).argmax(-1))
+    # negative control: u is not the window share of y (the quantity it replaces has the cancellation)
+    assert rel_rms(u, nw / den[..., None]) > 0.1
+    saved = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, o=y, states=states, row=row, **cfg)
+    again = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, **cfg)
+    for name, a_, b_ in zip(NAMES, saved, again):
+        assert torch.equal(a_, b_), name
+
+
 def test_hybrid_bad_inputs():
     xs, _ = make_inputs(1, 2, 8, 4, 6, 5, torch.float32)
     q, k, v, fq, fk, logit = xs
