@@ -155,24 +155,34 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
 
 
 @triton.jit(do_not_specialize=["NSEG"])
-def segment_scan_kernel(x, NSEG, N: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, INCLUSIVE: tl.constexpr):
+def segment_scan_kernel(
+    x, NSEG, N: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, REVERSE: tl.constexpr, INCLUSIVE: tl.constexpr
+):  # fmt: skip
     """Grid (cdiv(N, BN), rows). x [rows, NSEG, N] fp32 contiguous, scanned in place over NSEG: prefix sums
-    (REVERSE False) or suffix sums (True), exclusive or inclusive. One read and one write per element."""
+    (REVERSE False) or suffix sums (True), exclusive or inclusive. BS segments at a time: a [BS, BN] block
+    is loaded whole, scanned along the segments with tl.cumsum and offset by the sum of the blocks before
+    it (exclusive sums scan the block shifted by one segment), so a program waits on NSEG / BS loads, not NSEG (a loop of dependent load-store steps, one segment
+    each, left the H100 idle: 0.46 ms of a 16k-token linear-attention forward+backward of 4.2)."""
     i_n, i_r = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     x += i_r.to(tl.int64) * NSEG * N
-    b_acc = tl.zeros([BN], dtype=tl.float32)
-    for i in range(NSEG):
-        i_s = NSEG - 1 - i if REVERSE else i
-        p = x + i_s * N + o_n
-        b_x = tl.load(p, mask=m_n, other=0.0)
+    o_b = tl.arange(0, BS)
+    b_carry = tl.zeros([BN], dtype=tl.float32)
+    for i0 in range(0, NSEG, BS):
+        o_s = NSEG - 1 - i0 - o_b if REVERSE else i0 + o_b  # in visiting order: a suffix sum walks down
+        m = ((o_s >= 0) & (o_s < NSEG))[:, None] & m_n[None, :]
+        p = x + o_s[:, None] * N + o_n[None, :]
+        b_x = tl.load(p, mask=m, other=0.0)  # [BS, BN]
         if INCLUSIVE:
-            b_acc += b_x
-            tl.store(p, b_acc, mask=m_n)
-        else:
-            tl.store(p, b_acc, mask=m_n)
-            b_acc += b_x
+            tl.store(p, tl.cumsum(b_x, axis=0) + b_carry[None, :], mask=m)
+        else:  # the block shifted by one segment (its first row's predecessor is in the carry): no x_s - x_s
+            step = -N if REVERSE else N
+            b_prev = tl.load(p - step, mask=m & (o_b > 0)[:, None], other=0.0)
+            b_out = tl.cumsum(b_prev, axis=0) + b_carry[None, :]
+            tl.debug_barrier()  # rows are read by one thread and rewritten by another: every load first
+            tl.store(p, b_out, mask=m)
+        b_carry += tl.sum(b_x, 0)
 
 
 def scan_segments_(t: torch.Tensor, *, reverse: bool, inclusive: bool) -> torch.Tensor:
@@ -182,8 +192,13 @@ def scan_segments_(t: torch.Tensor, *, reverse: bool, inclusive: bool) -> torch.
     n = t[0, 0].numel()
     if n_seg == 1:  # nothing to add: an inclusive scan is the input, an exclusive one zero
         return t if inclusive else t.zero_()
-    bn = min(1024, triton.next_power_of_2(n))
-    segment_scan_kernel[(triton.cdiv(n, bn), rows)](t, n_seg, N=n, BN=bn, REVERSE=reverse, INCLUSIVE=inclusive)
+    # [BS, BN] blocks of 4096 floats (16 KB), 32 per thread; BS fixed, so that the order of the additions,
+    # hence every bit of a segment's sum, does not depend on how many segments follow it
+    bs = 16
+    bn = min(4096 // bs, triton.next_power_of_2(n))
+    segment_scan_kernel[(triton.cdiv(n, bn), rows)](
+        t, n_seg, N=n, BN=bn, BS=bs, REVERSE=reverse, INCLUSIVE=inclusive, num_warps=4
+    )  # fmt: skip
     return t
 
 
