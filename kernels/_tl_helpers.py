@@ -118,3 +118,11 @@ def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr):
     s_e = tl.sum(tl.where(m_even, b_h, 0.0), 1)
     s_o = tl.sum(tl.where(m_even, 0.0, b_h), 1)
     return b_p * (b_g - tl.where(m_even, s_e[:, None], s_o[:, None]))  # [BT, BF]
+
+
+@triton.jit
+def pair_difference(b_x, BT: tl.constexpr, BF: tl.constexpr):
+    """Interleaved columns (a_0, b_0, a_1, b_1, ...) of b_x [BT, BF] -> a - b [BT, BF // 2] (fp32). With
+    hedgehog_dz's output: the gradient of z = x W from that of z2 = x W2 (see load_w2)."""
+    b_a, b_b = tl.split(tl.reshape(b_x, [BT, BF // 2, 2]))
+    return b_a - b_b

@@ -42,10 +42,11 @@ Backward (dn_i = dy_i / den_i, dd_i = -dn_i . y_i, and dA_ij = dn_i . v_j + dd_i
 with the reverse states P_j = sum_{i>=j} fq_i dn_i^T [F, D] and r_j = sum_{i>=j} dd_i fq_i [F], started
 per segment from a suffix sum of per-segment reverse states (segments.py, reverse mode). Kernel 1
 recomputes the forward (only the inputs and the segment start states are saved) and writes den and dd ([B, H, T] fp32) for
-kernel 2. With the fused map both kernels recompute phi and back-propagate through the softmaxes, writing the
-gradient of the projection's output z2 = x W2 ([B, H, T, 2f]); the projection's backward (dx = dz W^T,
-dW = x^T dz) then runs as two GEMMs over the whole sequence (:func:`hedgehog_project_back`): accumulating dW
-in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled.
+kernel 2. With the fused map both kernels recompute phi and back-propagate through the softmaxes to the
+gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f] in x's dtype: the
+difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
+(dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
+accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from ._tl_helpers import (
     hedgehog_dz,
     hedgehog_fwd,
     load_rows,
+    pair_difference,
     load_segment_state,
     load_w2,
     segment_chunks,
@@ -168,7 +170,7 @@ def linear_attn_bwd_dq_kernel(
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H): recompute y, write den, dd [B, H, T] and dq [B, H, T,
-    GW]: dfq (GW = F), or with the fused map the gradient of z2 = q W2 (GW = 2f; see hedgehog_dz)."""
+    GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f; hedgehog_dz, pair_difference)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
@@ -211,9 +213,10 @@ def linear_attn_bwd_dq_kernel(
             + dot(b_dn, tl.trans(b_S), DT, PREC)
             + b_dd[:, None] * b_z[None, :]
         )  # [BT, BF]
-        if HEDGEHOG:
-            b_dfq = hedgehog_dz(b_dfq, b_pq, BF)  # [BT, BF]
-        store_rows(dq, b_dfq, o_t, m_t, GW, BF)
+        if HEDGEHOG:  # d(q W) [BT, BF / 2] from d(q W2) [BT, BF]
+            store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF), BT, BF), o_t, m_t, GW, BF // 2)
+        else:
+            store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
 
@@ -227,7 +230,7 @@ def linear_attn_bwd_dkv_kernel(
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
-    segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z2 = k W2 with the fused
+    segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z = k W with the fused
     map), from den, dd of the dq kernel."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
@@ -273,9 +276,10 @@ def linear_attn_bwd_dkv_kernel(
         )  # [BT, BF]
         b_dv = dot(tl.trans(b_A), b_dn, DT, PREC) + dot(b_fk, b_P, DT, PREC)
         store_rows(dv, b_dv, o_t, m_t, V, BV)
-        if HEDGEHOG:
-            b_dfk = hedgehog_dz(b_dfk, b_pk, BF)  # [BT, BF]
-        store_rows(dk, b_dfk, o_t, m_t, GW, BF)
+        if HEDGEHOG:  # d(k W) [BT, BF / 2] from d(k W2) [BT, BF]
+            store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF), BT, BF), o_t, m_t, GW, BF // 2)
+        else:
+            store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)
         b_r += tl.sum(b_dd[:, None] * b_fq, 0)
 
@@ -359,9 +363,9 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
     den = q.new_empty(B, H, T, dtype=torch.float32)
     dd = q.new_empty(B, H, T, dtype=torch.float32)
-    # dq / dk rows: dfq / dfk (GW = F), or with the fused map d z2 (GW = 2f), projected back below.
+    # dq / dk rows: dfq / dfk (GW = F), or with the fused map dz = d(x W) (GW = f), projected back below.
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
-    GW = 2 * sz["FH"] if hedgehog else K
+    GW = sz["FH"] if hedgehog else K
     dq = q.new_empty(B, H, T, GW)
     dk = q.new_empty(B, H, T, GW, dtype=torch.float32 if (GK > 1 and not hedgehog) else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
@@ -378,17 +382,9 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
         if GK > 1:
             dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
         return dq, dk, dv, None, None
-    dq, dwq = hedgehog_project_back(dq, q, wq)
-    dk, dwk = hedgehog_project_back(dk, k, wk)
+    dq, dwq = project_back(dq, q, wq)  # the projection's backward: two GEMMs over the whole sequence
+    dk, dwk = project_back(dk, k, wk)
     return dq, dk, dv, dwq, dwk
-
-
-def hedgehog_project_back(dz2, x, w, need_dx: bool = True):
-    """The Hedgehog projection's backward from the kernels' interleaved gradient: dz2 [B, H, T, 2f] is the
-    gradient of z2 = x W2 (see load_w2; x's dtype or fp32). With z = x w, dz = dz2[..., 0::2] - dz2[..., 1::2],
-    then dx, dw as two GEMMs over the whole sequence (hedgehog_map.project_back: x [B, XH, T, K] with XH
-    dividing H, w [H, K, f]). Returns (dx or None when not need_dx, dw)."""
-    return project_back(dz2[..., 0::2] - dz2[..., 1::2], x, w, need_dx=need_dx)
 
 
 class LinearAttnFunction(torch.autograd.Function):

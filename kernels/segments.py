@@ -128,8 +128,9 @@ def bounds_tensor(pairs, device) -> torch.Tensor:
 def split_states(states: torch.Tensor, BF: int, BV: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A state buffer [rows, NSEG, BF*BV + BF] -> views S [rows, NSEG, BF, BV] and z [rows, NSEG, BF]. The
     kernels read both through load_segment_state (segment blocks BF*BV + BF floats apart)."""
-    rows, n_seg = states.shape[:2]
-    return states[..., : BF * BV].view(rows, n_seg, BF, BV), states[..., BF * BV :]
+    rows, n_seg, L = states.shape  # as_strided: one call per view (slicing then viewing took two, on the host)
+    S = states.as_strided((rows, n_seg, BF, BV), (n_seg * L, L, BV, 1))
+    return S, states.as_strided((rows, n_seg, BF), (n_seg * L, L, 1), states.storage_offset() + BF * BV)
 
 
 def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None,
