@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import platform
 import sys
@@ -326,32 +327,35 @@ def bench_decode(results, contexts):
 
 
 def tune(lengths):
-    """Time our kernels' fwd+bwd over tile sizes and segment plans (programs per SM); print and return rows."""
+    """Time our kernels' fwd+bwd over tile sizes and segment plans (programs per SM, shortest segment);
+    print and return rows."""
     import lolcats_lab.kernels.segments as seg
     from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
 
     P = make_providers()
     rows = []
+    defaults = seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS
     for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_f64", triton_hedgehog_linear_attn),
                      ("triton_hybrid_tk", None)):  # fmt: skip
         make = P[name][0]
         for T in lengths:
-            for chunk in (32, 64):
-                for per_sm in (4, 8, 16):
-                    seg._PROGRAMS_PER_SM = per_sm
-                    if op is None:
-                        def fn(*x, c=chunk):
-                            return triton_hybrid_attn(*x, window=WINDOW, kind="tk", chunk_size=c)
-                    else:
-                        def fn(*x, c=chunk, op=op):
-                            return op(*x, chunk_size=c)
-                    try:
-                        ms, peak = time_provider(make, fn, T, "fwd+bwd")
-                    except Exception as err:
-                        ms, peak = None, f"{type(err).__name__}: {err}"[:200]
-                    rows.append(dict(provider=name, T=T, chunk=chunk, programs_per_sm=per_sm, ms=ms, peak=peak))
-                    print(f"tune {name:<20} T={T:>6} chunk={chunk} per_sm={per_sm} " + (f"{ms:8.3f} ms" if ms else str(peak)))
-    seg._PROGRAMS_PER_SM = 8
+            for chunk, per_sm, min_tokens in itertools.product((32, 64), (4, 8, 16), (128, 256)):
+                seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS = per_sm, min_tokens
+                if op is None:
+                    def fn(*x, c=chunk):
+                        return triton_hybrid_attn(*x, window=WINDOW, kind="tk", chunk_size=c)
+                else:
+                    def fn(*x, c=chunk, op=op):
+                        return op(*x, chunk_size=c)
+                try:
+                    ms, peak = time_provider(make, fn, T, "fwd+bwd")
+                except Exception as err:
+                    ms, peak = None, f"{type(err).__name__}: {err}"[:200]
+                rows.append(dict(provider=name, T=T, chunk=chunk, programs_per_sm=per_sm,
+                                 min_segment_tokens=min_tokens, ms=ms, peak=peak))  # fmt: skip
+                print(f"tune {name:<20} T={T:>6} chunk={chunk} per_sm={per_sm} min_tokens={min_tokens} "
+                      + (f"{ms:8.3f} ms" if ms else str(peak)))  # fmt: skip
+    seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS = defaults
     return rows
 
 

@@ -14,7 +14,7 @@
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
 #   decode    the decode step alone (bench_attention.py --providers none)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
-#   tune      bench_attention.py --tune at 4k and 32k (tile size x programs per SM)
+#   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
@@ -70,7 +70,7 @@ for step in "$@"; do
         profile)
             run 150 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
         tune)
-            run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 32768 --out "$OUT/tune.json" ;;
+            run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)
             run 420 8b-train python3 benchmarks/bench_8b.py --sections a,b,c --budget-s 400 --out "$OUT/8b-train.json" ;;
         8b-lora)  # stage 2 alone (section c), with its per-kernel profile

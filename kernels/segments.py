@@ -40,12 +40,17 @@ _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=4, num_stages=2),
 )
 
-# programs per multiprocessor the auto plan aims for (several resident per SM hide load latency)
+# programs per multiprocessor the auto plan aims for. At 8 warps and 255 registers one program fills an SM's
+# register file, so these are waves of programs rather than programs resident together.
 _PROGRAMS_PER_SM = 8
 # shortest segment the auto plan makes on a GPU: each segment costs a [F, D] fp32 state written, scanned and
 # read (64 KB at F = D = 128), about what 256 tokens of bf16 q, k, v take to load. Profiled on an H100 (1k
-# tokens, 32 heads): 33 one-chunk segments spent 0.5 of 1.1 ms fwd+bwd scanning 69 MB of states.
-_MIN_SEGMENT_TOKENS = 256
+# tokens, 32 heads): 33 one-chunk segments spent 0.5 of 1.1 ms fwd+bwd scanning 69 MB of states. Swept
+# there (B = 1, 32 heads, bf16, fwd+bwd; ...-2026-11-24-tune-session5.json, ...-segments512.json): at 8k,
+# 16-17 segments of 512 tokens beat 32 of 256 (Hedgehog fused 2.56-2.59 vs 2.90 ms, linear 1.92 vs 2.02),
+# while from 16k on fewer segments than the 8-per-SM plan gives were slower (4 per SM: 64k Hedgehog fused
+# 20.5 vs 17.8 ms, ...-per-sm4-rejected.json). 16k and longer keep the 8-per-SM plan either way.
+_MIN_SEGMENT_TOKENS = 512
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "FH", "BT", "BF", "BV", "HEDGEHOG", "REVERSE", "LOWP", "GX", "GY"])
