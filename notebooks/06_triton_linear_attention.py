@@ -51,7 +51,7 @@ B, H, D, F_HALF = 1, 2, 16, 8  # tiny: the interpreter runs each kernel program 
 T_KERNEL = 65 if CI else 129  # not a multiple of the 64-token chunk on purpose (full: ~2x the interpreter time)
 T_LONG = 1024 if CI else 4096  # for the chunked-vs-quadratic memory comparison (full: a few seconds)
 RESULTS_DIR = pathlib.Path("..") / "benchmarks" / "results"
-RESULTS = RESULTS_DIR / "NVIDIA_H100_80GB_HBM3-2026-11-24-session5.json"  # 1k..64k, with flash-linear-attention
+RESULTS = RESULTS_DIR / "NVIDIA_H100_80GB_HBM3-2026-11-24-segments512.json"  # 1k..64k, with flash-linear-attention
 
 # %% [markdown]
 # ## 1. The chunked algorithm
@@ -128,7 +128,7 @@ err_hybrid < 1e-5
 #
 # `benchmarks/bench_attention.py` checks each provider against an fp32 reference, then times it with
 # `triton.testing.do_bench` (bf16, batch 1, 32 heads, head dim 128, 128 features, tk window 64). The
-# kernels cut the sequence into segments of at least 256 tokens (one program per batch, head and segment,
+# kernels cut the sequence into segments of at least 512 tokens (one program per batch, head and segment,
 # each starting from a scanned state), so up to about 1,000 programs fill the 132 SMs. flash-linear-attention's
 # chunk kernel (`fla_chunk`, on precomputed features) ran in the same process, side by side.
 
@@ -141,8 +141,8 @@ benchmark_figure(results, mode="fwd+bwd").show()
 # * every kernel scales linearly at long context: 4x the tokens (16k to 64k) costs 3-4x the time, while
 #   SDPA's FlashAttention costs 16x; the linear kernel is 7x faster than SDPA at 32k and 15x at 64k;
 # * the fused Hedgehog kernel (which computes its own features) takes 0.81-0.90x the time of fla's kernel
-#   on precomputed features from 16k on and 0.4-0.7x below 8k, where both wait on the host; at 8k the two
-#   tie (2.90 vs 2.88 ms);
+#   on precomputed features from 8k on; below 8k both wait on the host and the ratio moves between runs
+#   (0.55-0.99x here, 0.40-0.68x in the run before);
 # * below 8k SDPA still wins: at 1k-4k about 1 ms is host-side launch overhead (a profile shows 0.3 ms of
 #   kernels inside 1.1 ms of wall time for the linear op), and the hybrid is 1.4-1.5x the linear kernel from
 #   8k on, where the goal is 1.3x (its window alone is about 1.5x the FLOPs of the linear kernel's chunk).
@@ -166,7 +166,8 @@ benchmark_figure(results, mode="fwd+bwd", metric="peak_MiB").show()
 # per kernel. Below: the kernels of the previous session's code (before the segment scan became its own
 # kernel), grouped. At 1k tokens about half of the linear op's GPU time went to PyTorch's cumsum, flip and
 # copy over the per-segment states: the plan then cut 1k tokens into 33 one-chunk segments, 69 MB of fp32
-# states. That profile is why segments now hold at least 256 tokens and are scanned by one small kernel.
+# states. That profile is why segments now hold hundreds of tokens (512 since a later sweep) and are scanned
+# by one small kernel.
 # The dots mark the wall time of the same call: where a dot sits far above its bar, the GPU waits for the
 # host to launch work (SDPA at 1k is one fused kernel pair, and still waits).
 
