@@ -74,6 +74,7 @@ def _types():
         wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
         mx=f32, dm=f32, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
+        SOB=i32, SOH=i32, SOT=i32, SYB=i32, SYH=i32, SYT=i32,
     )  # fmt: skip
 
 

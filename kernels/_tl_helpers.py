@@ -44,6 +44,23 @@ def store_rows(p, b_x, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
 
 
 @triton.jit
+def load_rows_strided(p, o_t, m_t, S, X: tl.constexpr, BX: tl.constexpr):
+    """load_rows for a matrix whose rows are S elements apart (its last dim contiguous): e.g. one head of a
+    [B, T, H, X] tensor, S = H X."""
+    o_x = tl.arange(0, BX)
+    b_x = tl.load(p + o_t[:, None].to(tl.int64) * S + o_x[None, :], mask=m_t[:, None] & (o_x < X)[None, :], other=0.0)
+    return b_x.to(tl.float32)
+
+
+@triton.jit
+def store_rows_strided(p, b_x, o_t, m_t, S, X: tl.constexpr, BX: tl.constexpr):
+    """store_rows for a matrix whose rows are S elements apart (see load_rows_strided)."""
+    o_x = tl.arange(0, BX)
+    p_x = p + o_t[:, None].to(tl.int64) * S + o_x[None, :]
+    tl.store(p_x, b_x.to(p.dtype.element_ty), mask=m_t[:, None] & (o_x < X)[None, :])
+
+
+@triton.jit
 def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
     """a @ b with both operands cast to DT (fp32 accumulation)."""
     return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)

@@ -40,8 +40,8 @@ Backward, with den_i the denominator, dn_i = dy_i / den_i, dd_i = -dn_i . y_i, g
     dq = scale sum_j ds_ij k_j,  dk = scale sum_i ds_ij q_i
 The forward, when a gradient is wanted, also stores per row what the backward would otherwise recompute
 (RowStats): den, M, argmax [B, H, T] and u = (N^w (D^l + eps) - N^l D^w) / den^2 [B, H, T, D], so that
-with the output y, dd_i = -dn_i . y_i and dM_i = -dy_i . u_i. Kernel 1 (forward scan over query tiles) then makes one pass
-over each query tile's keys for dq, dfq and writes dd, dM ([B, H, T]). Kernel 2 (reverse scan over key
+with the output y, dd_i = -dn_i . y_i and dM_i = -dy_i . u_i. Kernel 1 (forward scan over query tiles)
+then makes one pass over each query tile's keys for dq, dfq and writes dd, dM ([B, H, T]). Kernel 2 (reverse scan over key
 tiles, with the reverse linear state P = sum fq dn^T, r = sum dd fq over the queries for which the whole
 key tile is linear) writes dk, dfk, dv.
 
@@ -62,7 +62,9 @@ from ._launch import launch
 from ._tl_helpers import dot as _dot
 from ._tl_helpers import head_offsets, load_segment_state, segment_chunks
 from ._tl_helpers import load_rows as _rows
+from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
+from ._tl_helpers import store_rows_strided as _store_s
 from ._utils import (
     autotune_configs,
     block,
@@ -232,7 +234,7 @@ def _dq_step(
 
 @triton.jit
 def _dkv_queries(
-    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS, scale, gamma,
+    q, fq, do, SOT, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS, scale, gamma,
     K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr,
     LIN: tl.constexpr,
@@ -243,7 +245,7 @@ def _dkv_queries(
         o_i = i0 + tl.arange(0, BT)
         m_i = o_i < qend
         b_q = _rows(q, o_i, m_i, K, BK)
-        b_dn = _rows(do, o_i, m_i, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
+        b_dn = _rows_s(do, o_i, m_i, SOT, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
         b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)
         b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
         b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
@@ -271,13 +273,14 @@ def _dkv_queries(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY", "STATS"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_fwd_kernel(
-    q, k, v, fq, fk, gam, s0, z0, o, u, den, mx, amax, T, W, NS, scale, eps, NSEG,
+    q, k, v, fq, fk, gam, s0, z0, o, SOB, SOH, SOT, u, den, mx, amax, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, STATS: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
-    that turned linear before the segment. Writes y [B, H, T, D]; with STATS also the row statistics the
+    that turned linear before the segment. Writes y [B, H, T, D] (element strides SOB, SOH, SOT, the last dim
+    contiguous); with STATS also the row statistics the
     backward starts from (u [B, H, T, D], den, mx, amax [B, H, T]; see the module docstring)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
@@ -287,7 +290,7 @@ def hybrid_attn_fwd_kernel(
     fq += i_bh64 * T * F
     fk += i_bh64 * T * F
     v += i_bv * T * V
-    o += i_bh64 * T * V
+    o += (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
     if STATS:
         u += i_bh64 * T * V
         den += i_bh64 * T
@@ -312,7 +315,7 @@ def hybrid_attn_fwd_kernel(
             K, F, V, BT, BK, BF, BV, TK, PREC, DT, WIN_ONLY, STATS)  # fmt: skip
         b_den = b_dw + b_dl + eps  # [BT]
         b_y = (b_nw + b_nl) / b_den[:, None]  # [BT, BV]
-        _store(o, b_y, o_i, m_i, V, BV)
+        _store_s(o, b_y, o_i, m_i, SOT, V, BV)
         if STATS:
             # u = (nw (dl + eps) - nl dw) / den^2, so that dM = -dy . u (no cancellation: see the docstring)
             b_u = (b_nw * (b_dl + eps)[:, None] - b_nl * b_dw[:, None]) / (b_den * b_den)[:, None]
@@ -325,13 +328,14 @@ def hybrid_attn_fwd_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dq_kernel(
-    q, k, v, fq, fk, do, gam, s0, z0, o, u, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, NSEG,
+    q, k, v, fq, fk, do, gam, s0, z0, o, SOB, SOH, SOT, u, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Forward scan of a segment: from the forward's output o and row statistics (u, den,
-    M, argmax), one pass over each query tile's keys gives dq, dfq; writes dd and dM for the dk/dv kernel."""
+    M, argmax), one pass over each query tile's keys gives dq, dfq; writes dd and dM for the dk/dv kernel.
+    o and do share the element strides SOB, SOH, SOT."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -342,8 +346,9 @@ def hybrid_attn_bwd_dq_kernel(
     dfq += i_bh64 * T * F
     fk += i_bh64 * T * F
     v += i_bv * T * V
-    do += i_bh64 * T * V
-    o += i_bh64 * T * V
+    o_off = (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
+    do += o_off
+    o += o_off
     u += i_bh64 * T * V
     den += i_bh64 * T
     dd += i_bh64 * T
@@ -364,9 +369,9 @@ def hybrid_attn_bwd_dq_kernel(
         L_done = L0
         b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
         b_fq = _rows(fq, o_i, m_i, F, BF)  # [BT, BF]
-        b_do = _rows(do, o_i, m_i, V, BV)  # [BT, BV]
+        b_do = _rows_s(do, o_i, m_i, SOT, V, BV)  # [BT, BV]
         b_dn = b_do / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]  # [BT, BV]
-        b_dd = -tl.sum(b_dn * _rows(o, o_i, m_i, V, BV), 1)  # [BT]: -dn . y (y as the forward returned it)
+        b_dd = -tl.sum(b_dn * _rows_s(o, o_i, m_i, SOT, V, BV), 1)  # [BT]: -dn . y (y as returned)
         b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)  # [BT]: dM = -dy . u
         b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
         b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
@@ -395,13 +400,13 @@ def hybrid_attn_bwd_dq_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dkv_kernel(
-    q, k, v, fq, fk, do, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
+    q, k, v, fq, fk, do, SOB, SOH, SOT, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
     LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Reverse scan over one segment's key tiles: dk, dfk, dv. (p0, r0): the reverse state
-    of the queries >= Q1 of the segment's last tile (see _reverse_start)."""
+    of the queries >= Q1 of the segment's last tile (see _reverse_start). do: element strides SOB, SOH, SOT."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -412,7 +417,7 @@ def hybrid_attn_bwd_dkv_kernel(
     fk += i_bh64 * T * F
     dfk += i_bh64 * T * F
     v += i_bv * T * V
-    do += i_bh64 * T * V
+    do += (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
     dv += i_bh64 * T * V
     den += i_bh64 * T
     dd += i_bh64 * T
@@ -433,7 +438,7 @@ def hybrid_attn_bwd_dkv_kernel(
             o_a = i0 + tl.arange(0, BT)
             m_a = o_a < Q_done
             b_fqa = _rows(fq, o_a, m_a, F, BF)
-            b_dna = _rows(do, o_a, m_a, V, BV) / tl.load(den + o_a, mask=m_a, other=1.0)[:, None]
+            b_dna = _rows_s(do, o_a, m_a, SOT, V, BV) / tl.load(den + o_a, mask=m_a, other=1.0)[:, None]
             b_P += _dot(tl.trans(b_fqa), b_dna, DT, PREC)
             b_r += tl.sum(tl.load(dd + o_a, mask=m_a, other=0.0)[:, None] * b_fqa, 0)
         Q_done = Q1
@@ -452,15 +457,15 @@ def hybrid_attn_bwd_dkv_kernel(
         if WIN_ONLY:  # a sink tile (c0 < NS) is the one case with linear keys: visited by far queries
             if c0 < NS:
                 b_dk, b_dfk, b_dv = _dkv_queries(
-                    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                    q, fq, do, SOT, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
                     scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, True)  # fmt: skip
             else:
                 b_dk, b_dfk, b_dv = _dkv_queries(
-                    q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                    q, fq, do, SOT, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
                     scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, False)  # fmt: skip
         else:
             b_dk, b_dfk, b_dv = _dkv_queries(
-                q, fq, do, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
+                q, fq, do, SOT, den, dd, mx, amax, dm, b_k, b_fk, b_v, b_dk, b_dfk, b_dv, o_j, c0, qend, T, W, NS,
                 scale, gamma, K, F, V, BT, BK, BF, BV, TK, PREC, DT, True)  # fmt: skip
         _store(dk, b_dk * scale, o_j, m_j, K, BK)
         _store(dfk, b_dfk, o_j, m_j, F, BF)
@@ -534,12 +539,14 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
     cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
     s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
                              chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
-    o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
+    # [B, H, T, D], one output per query head, laid out [B, T, H, D] (as SDPA's output): merging the heads
+    # for the output projection is then a view, and the gradient that comes back from it needs no copy
+    o = v.new_empty(B, T, H, v.shape[-1]).transpose(1, 2)
     row = RowStats.empty(o) if stats else None
     launch(
         hybrid_attn_fwd_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, gamma, s0, z0, o, *(row if stats else (o,) * 4), T, window, sink_tokens, scale, eps, n_seg,
-        CPS=cps, STATS=stats, **meta
+        q, k, v, fq, fk, gamma, s0, z0, o, *o.stride()[:3], *(row if stats else (o,) * 4), T, window, sink_tokens,
+        scale, eps, n_seg, CPS=cps, STATS=stats, **meta
     )  # fmt: skip
     return o, (s0, z0, cps), row
 
@@ -562,7 +569,7 @@ class RowStats(NamedTuple):
     def empty(cls, o: torch.Tensor) -> "RowStats":
         B, H, T, _ = o.shape
         den, mx = o.new_empty(2, B, H, T, dtype=torch.float32).unbind(0)
-        return cls(torch.empty_like(o), den, mx, o.new_empty(B, H, T, dtype=torch.int32))
+        return cls(o.new_empty(o.shape), den, mx, o.new_empty(B, H, T, dtype=torch.int32))  # u contiguous
 
 
 def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
@@ -578,6 +585,8 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
             q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
             chunk_size=chunk_size, segment_chunks=segment_chunks, stats=True,
         )  # fmt: skip
+    if do.stride() != o.stride():  # the kernels read o and do with one set of strides
+        do = torch.empty_like(o).copy_(do)
     s0, z0, cps = states
     n_seg = s0.shape[1]
     dd, dm = q.new_empty(2, B, H, T, dtype=torch.float32).unbind(0)
@@ -587,8 +596,8 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
     launch(
         hybrid_attn_bwd_dq_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, gamma, s0, z0, o, row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T, window,
-        sink_tokens, scale, n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, gamma, s0, z0, o, *o.stride()[:3], row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T,
+        window, sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
     bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
     p0, r0 = segment_states(
@@ -597,8 +606,8 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     )  # fmt: skip
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, gamma, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, T, window, sink_tokens,
-        scale, n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, *o.stride()[:3], gamma, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, T, window,
+        sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
     if GK > 1:
         dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
@@ -631,7 +640,7 @@ class HybridAttnFunction(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, fq, fk, gamma, s0, z0, o, *row = ctx.saved_tensors
         dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
-            q, k, v, fq, fk, gamma, do.contiguous(), o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
+            q, k, v, fq, fk, gamma, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
         )
         return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None, None
 
@@ -651,7 +660,8 @@ def hybrid_attn(
         window: w >= 1 (for w = 0 use the linear kernel). kind: "tk" or "sw". sink_tokens: n >= 0.
         scale: score scale, default K ** -0.5. chunk_size: query/key tile (power of two >= 16).
         segment_chunks: query tiles per sequence segment (segments.py); None fills the GPU.
-    Returns: y [B, H, T, D] in v's dtype. Memory O(B H T) beyond inputs and outputs.
+    Returns: y [B, H, T, D] in v's dtype, laid out [B, T, H, D] in memory (``y.transpose(1, 2)`` is
+    contiguous, as with SDPA). Memory O(B H T) beyond inputs and outputs.
     """
     check_tensor("q", q, 4, "[B, H, T, K]")
     for name, x in (("k", k), ("v", v), ("fq", fq), ("fk", fk)):

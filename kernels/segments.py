@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_w2
+from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2
 from ._launch import launch
 from ._utils import autotune_configs, check_segment_chunks
 
@@ -56,22 +56,21 @@ _MIN_SEGMENT_TOKENS = 512
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "FH", "BT", "BF", "BV", "HEDGEHOG", "REVERSE", "LOWP", "GX", "GY"])
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def segment_state_kernel(
-    x, w, y, den, dd, bounds, s_out, z_out, T, NSEG,
+    x, w, y, SYB, SYH, SYT, den, dd, bounds, s_out, z_out, T, NSEG,
     H: tl.constexpr, GX: tl.constexpr, GY: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HEDGEHOG: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). x [B, H/GX, T, K] (features, or raw with the Hedgehog projection w [H, K, FH]);
-    y [B, H/GY, T, V]. Writes S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF]
+    y [B, H/GY, T, V] with element strides SYB, SYH, SYT (its last dim contiguous). Writes S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF]
     (fp32, padded), with y' = y, c = 1 forward and y' = y / den, c = dd in reverse. s_out, z_out: the S and
     z parts of one state buffer, each segment's block BF * BV + BF floats apart (split_states)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     i_bx = ((i_bh // H) * (H // GX) + (i_bh % H) // GX).to(tl.int64)
-    i_by = ((i_bh // H) * (H // GY) + (i_bh % H) // GY).to(tl.int64)
     DT = x.dtype.element_ty if LOWP else tl.float32
     x += i_bx * T * K
-    y += i_by * T * V
+    y += (i_bh // H).to(tl.int64) * SYB + ((i_bh % H) // GY).to(tl.int64) * SYH
     lo = tl.load(bounds + 2 * i_s)
     hi = tl.load(bounds + 2 * i_s + 1)
     if HEDGEHOG:
@@ -87,7 +86,7 @@ def segment_state_kernel(
             b_f = b_f.to(DT).to(tl.float32)  # as the attention kernels round it (linear_attn._features)
         else:
             b_f = b_x
-        b_y = load_rows(y, o_j, m_j, V, BV)  # [BT, BV]
+        b_y = load_rows_strided(y, o_j, m_j, SYT, V, BV)  # [BT, BV]
         if REVERSE:
             b_y = b_y / tl.load(den + i_bh64 * T + o_j, mask=m_j, other=1.0)[:, None]
             b_z += tl.sum(tl.load(dd + i_bh64 * T + o_j, mask=m_j, other=0.0)[:, None] * b_f, 0)
@@ -147,12 +146,15 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
     (``split_states``), so that one scan launch covers both."""
     B, T = x.shape[0], x.shape[2]
     n_seg = bounds.shape[0]
+    if y.stride(3) != 1:
+        raise ValueError(f"y must have a contiguous last dim, got strides {y.stride()}")
     states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
     S, z = split_states(states, BF, BV)
     reverse = den is not None
     launch(
         segment_state_kernel, (n_seg, B * H),
-        x, x if w is None else w, y, den if reverse else S, dd if reverse else S, bounds, S, z, T, n_seg,
+        x, x if w is None else w, y, *y.stride()[:3], den if reverse else S, dd if reverse else S, bounds, S, z, T,
+        n_seg,
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
         HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
     )  # fmt: skip
@@ -166,9 +168,10 @@ def segment_scan_kernel(
 ):  # fmt: skip
     """Grid (cdiv(N, BN), rows). x [rows, NSEG, N] fp32 contiguous, scanned in place over NSEG: prefix sums
     (REVERSE False) or suffix sums (True), exclusive or inclusive. BS segments at a time: a [BS, BN] block
-    is loaded whole, scanned along the segments with tl.cumsum and offset by the sum of the blocks before
-    it (exclusive sums scan the block shifted by one segment), so a program waits on NSEG / BS loads, not NSEG (a loop of dependent load-store steps, one segment
-    each, left the H100 idle: 0.46 ms of a 16k-token linear-attention forward+backward of 4.2)."""
+    is loaded whole, scanned along the segments with tl.cumsum and offset by the sum of the blocks before it
+    (exclusive sums scan the block shifted by one segment), so a program waits on NSEG / BS loads, not NSEG
+    (a loop of dependent load-store steps, one segment each, left the H100 idle: 0.46 ms of a 16k-token
+    linear-attention forward+backward of 4.2)."""
     i_n, i_r = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N

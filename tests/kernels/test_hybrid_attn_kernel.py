@@ -212,6 +212,27 @@ def test_hybrid_row_stats(kind, sinks):
         assert torch.equal(a_, b_), name
 
 
+def test_hybrid_output_layout_and_dy_layouts():
+    """y comes back as a [B, H, T, D] view of [B, T, H, D] memory (heads merge for the output projection
+    without a copy); the backward takes dy in that layout, contiguous [B, H, T, D], or expanded (stride 0,
+    as from .sum()), with identical gradients."""
+    xs, do = make_inputs(2, 3, 40, 8, 6, 5, torch.float32)
+    cfg = dict(window=8, kind="tk", chunk_size=16)
+    y = triton_hybrid_attn(*xs, **cfg)
+    assert y.shape == (2, 3, 40, 5) and y.transpose(1, 2).is_contiguous() and not y.is_contiguous()
+    token_major = do.transpose(1, 2).contiguous().transpose(1, 2)
+    _, g_ref = run_with_grads(lambda *x: triton_hybrid_attn(*x, **cfg), xs, token_major)
+    _, g_con = run_with_grads(lambda *x: triton_hybrid_attn(*x, **cfg), xs, do.contiguous())
+    for name, a, b in zip(NAMES, g_ref, g_con):
+        assert torch.equal(a, b), name
+    ones = torch.ones(2, 3, 40, 5, device=DEVICE)
+    _, g_exp = run_with_grads(lambda *x: triton_hybrid_attn(*x, **cfg), xs, ones[:1, :1, :1, :1].expand_as(ones))
+    _, g_one = run_with_grads(lambda *x: triton_hybrid_attn(*x, **cfg), xs, ones)
+    for name, a, b in zip(NAMES, g_exp, g_one):
+        assert torch.equal(a, b), name
+    assert not torch.equal(g_exp[0], g_ref[0])  # negative control: another dy gives other gradients
+
+
 def test_hybrid_bad_inputs():
     xs, _ = make_inputs(1, 2, 8, 4, 6, 5, torch.float32)
     q, k, v, fq, fk, logit = xs
