@@ -600,9 +600,11 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
         window, sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
     bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
+    # with one segment the sum is over no queries (its last key tile is linear for none: Q1 >= T), and
+    # segment_states returns zeros for an exclusive sum over one segment without a launch
     p0, r0 = segment_states(
         fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
-        prec=meta["PREC"], lowp=meta["LOWP"], den=row.den, dd=dd, inclusive=True,
+        prec=meta["PREC"], lowp=meta["LOWP"], den=row.den, dd=dd, inclusive=n_seg > 1,
     )  # fmt: skip
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),

@@ -105,8 +105,9 @@ def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segm
 
     Auto (segment_chunks None): enough segments that n_bh * NSEG fills the GPU ``_PROGRAMS_PER_SM`` times
     over; as few as that allows, since each segment boundary costs a state of [F, D] fp32. A short sequence
-    or a large batch gets one segment: the original single-scan form. On a GPU no segment is shorter than
-    ``_MIN_SEGMENT_TOKENS`` (its state would cost more than its tokens)."""
+    or a large batch gets one segment: the original single-scan form (see :func:`_one_segment_suffices`).
+    On a GPU no segment is shorter than ``_MIN_SEGMENT_TOKENS`` (its state would cost more than its
+    tokens)."""
     n_chunks = max(1, math.ceil(T / chunk_size))
     if segment_chunks is None:
         if device.type == "cuda":
@@ -116,9 +117,24 @@ def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segm
             sms = 4  # the CPU interpreter: a few short segments, so tests exercise the multi-segment path
             max_seg = n_chunks
         n_seg = min(max_seg, max(1, math.ceil(_PROGRAMS_PER_SM * sms / max(n_bh, 1))))
+        if device.type == "cuda" and _one_segment_suffices(n_chunks, n_seg, n_bh, sms):
+            n_seg = 1
         segment_chunks = math.ceil(n_chunks / n_seg)
     check_segment_chunks(segment_chunks)
     return segment_chunks, math.ceil(n_chunks / segment_chunks)
+
+
+def _one_segment_suffices(n_chunks: int, n_seg: int, n_bh: int, sms: int) -> bool:
+    """Whether one segment per (batch, head) is as fast as n_seg, counting waves of programs: the main
+    kernels hold one program per SM (8 warps at 255 registers fill the register file), so a program's
+    chunks run back to back and n programs take ceil(n / sms) waves. When B * H already fills the SMs (an
+    8B model's stage 2 at batch 4: 128 programs on 132 SMs), more segments add waves without shortening
+    them, and their state sums and scans are pure cost (5.6 ms per step there: `bench_8b.py` profile,
+    results/*-8b-lora-2026-11-24-top40.json)."""
+    def waves_x_chunks(s):
+        return math.ceil(n_bh * s / sms) * math.ceil(n_chunks / s)
+
+    return waves_x_chunks(1) <= waves_x_chunks(n_seg)
 
 
 def bounds_tensor(pairs, device) -> torch.Tensor:
@@ -148,6 +164,8 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
     n_seg = bounds.shape[0]
     if y.stride(3) != 1:
         raise ValueError(f"y must have a contiguous last dim, got strides {y.stride()}")
+    if n_seg == 1 and not inclusive:  # one segment starts from nothing: no sums to take
+        return split_states(x.new_zeros(B * H, 1, BF * BV + BF, dtype=torch.float32), BF, BV)
     states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
     S, z = split_states(states, BF, BV)
     reverse = den is not None

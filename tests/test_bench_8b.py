@@ -59,7 +59,7 @@ def test_bench_8b_tiny_runs_every_section(tmp_path, monkeypatch):
     assert s["c"]["linear_over_softmax"] > 0
     for mode in ("softmax", "linear"):  # one forward+backward under the profiler (CPU ops here, kernels on a GPU)
         prof = runs[(mode, False)]["profile"]
-        assert prof["kernel_ms_total"] > 0 and 0 < len(prof["top_kernels_ms"]) <= 15
+        assert prof["kernel_ms_total"] > 0 and 0 < len(prof["top_kernels_ms"]) <= 40
     gen = {r["mode"]: r for r in s["d"]["runs"]}
     assert set(gen) == {"linear", "softmax"}
     for r in gen.values():

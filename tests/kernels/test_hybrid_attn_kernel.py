@@ -100,13 +100,14 @@ def test_hybrid_matches_naive_fp16(kind):
 @pytest.mark.parametrize(
     "kind,window,sinks,segment_chunks",
     [("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1), ("sw", 37, 3, 1),
-     ("tk", 32, 20, 2), ("tk", 16, 0, 3)],
+     ("tk", 32, 20, 2), ("tk", 16, 0, 3), ("tk", 24, 2, 10), ("sw", 20, 3, 100)],
 )  # fmt: skip
 def test_hybrid_segments_match_naive(kind, window, sinks, segment_chunks):
     """The sequence cut into segments (each starting from a prefix-summed linear state, the dk/dv scan from
     a suffix-summed reverse state) equals the reference: 150 tokens in 10 tiles of 16; windows shorter and
     longer than a tile and than a segment; sinks reaching past the first segment. tk windows 32 and 16 take
-    the kernels' window-only tile path (tiles dividing the window), with sinks spanning two tiles."""
+    the kernels' window-only tile path (tiles dividing the window), with sinks spanning two tiles; 10 and 100
+    tiles per segment make one segment (no state sums: zeros without a launch)."""
     xs, do = make_inputs(2, 2, 150, 12, 10, 9, torch.float32, q_scale=3.0, seed=3)
     assert _meta(*xs[:2], xs[3], xs[2], kind, window, 16)["WIN_ONLY"] == (kind == "tk" and window % 16 == 0)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)

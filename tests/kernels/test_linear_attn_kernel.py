@@ -237,11 +237,12 @@ def test_hedgehog_fused_negative_control():
     assert rel_rms(triton_hedgehog_linear_attn(q, k, v, wk, wq), y) > 1e-2
 
 
-@pytest.mark.parametrize("segment_chunks", [1, 2, 3, None])
+@pytest.mark.parametrize("segment_chunks", [1, 2, 3, 10, None])
 def test_segments_match_naive(segment_chunks):
     """The sequence cut into segments (per-segment states, a prefix scan, one program per segment) gives the
     reference output and gradients, for fused Hedgehog with grouped-query keys: 150 tokens in 10 chunks of
-    16, so segment_chunks=3 leaves a short last segment and a partial last chunk."""
+    16, so segment_chunks=3 leaves a short last segment and a partial last chunk; 10 makes one segment (its
+    start states zeros, made without a launch)."""
     inputs, do, reference = gqa_hedgehog_case(B=2, H=4, KH=2, VH=1, T=150, K=12, f=6, D=10, seed=5)
 
     def fused(q, k, v, wq, wk):

@@ -55,6 +55,19 @@ def test_plan_respects_explicit_segment_chunks():
         plan_segments(1000, 32, 4, torch.device("cpu"), segment_chunks=0)
 
 
+@pytest.mark.parametrize(
+    "n_chunks,n_seg,n_bh,want",
+    [(32, 2, 128, True),  # B = 4 x 32 heads, 1k tokens on 132 SMs: one wave either way
+     (32, 2, 1024, True),  # stage 1 at batch 32: 8 waves of 32 chunks = 16 waves of 16
+     (32, 2, 140, False),  # just over one wave: 2 waves x 32 chunks > 3 waves x 16
+     (256, 16, 32, False)],  # one sequence, 32 heads, 8k tokens: segments fill the idle SMs
+)  # fmt: skip
+def test_one_segment_when_batch_and_heads_fill_the_gpu(n_chunks, n_seg, n_bh, want):
+    from lolcats_lab.kernels.segments import _one_segment_suffices
+
+    assert _one_segment_suffices(n_chunks, n_seg, n_bh, sms=132) is want
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU plan reads the multiprocessor count")
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [64, 1024, 4096, 65536])
