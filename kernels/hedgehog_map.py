@@ -32,9 +32,13 @@ import triton.language as tl
 from ._tl_helpers import PHI_MIN, load_rows, store_rows
 from ._utils import block, check_device, check_projection, check_tensor, dot_precision
 
-_BT = 64  # tokens per program
-# Compiled for sm_90 (benchmarks/kernel_resources.py method, bf16, K = 128, f = 64, 64-token tiles): 8 warps
-# take 106 / 147 registers (forward / backward) against 138 / 249 with 4, no spills either way.
+# Tokens per program, forward and backward. Each program also loads W_h (32 KB in fp32), so longer tiles read
+# it less often: on an H100 (8B-shaped stage 2, 64 calls on [4, 32, 1024, 128], results/*-8b-lora-2026-11-24-
+# map128.json) the forward took 2.74 ms with 128-token tiles against 3.46 with 64; the backward 4.71 against
+# 4.58-4.67, so it keeps 64. Compiled for sm_90 (benchmarks/kernel_resources.py method, bf16, K = 128, f = 64,
+# 8 warps): 156 / 248 registers (forward / backward) with 128-token tiles, 106 / 147 with 64, no spills; 4
+# warps spill at 128 tokens, and 256-token tiles spill at 8 warps too.
+_BT_FWD, _BT_BWD = 128, 64
 _NUM_WARPS = 8
 
 
@@ -101,11 +105,11 @@ def hedgehog_map_bwd_kernel(
     store_rows(dz + i_bh64 * T * FH, b_dz, o_t, m_t, FH, BF)
 
 
-def _launch_args(x, w):
+def _launch_args(x, w, bt):
     B, H, T, K = x.shape
     FH = w.shape[-1]
-    grid = (triton.cdiv(T, _BT), B * H)
-    return grid, dict(H=H, K=K, FH=FH, BT=_BT, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
+    grid = (triton.cdiv(T, bt), B * H)
+    return grid, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
                       num_warps=_NUM_WARPS)
 
 
@@ -141,7 +145,7 @@ class HedgehogMapFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w):
-        grid, meta = _launch_args(x, w)
+        grid, meta = _launch_args(x, w, _BT_FWD)
         phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
         hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], **meta)
         ctx.save_for_backward(x, w)
@@ -150,7 +154,7 @@ class HedgehogMapFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dphi):
         x, w = ctx.saved_tensors
-        grid, meta = _launch_args(x, w)
+        grid, meta = _launch_args(x, w, _BT_BWD)
         dz = x.new_empty(*x.shape[:3], w.shape[-1], dtype=torch.float32)  # [B, H, T, f]
         hedgehog_map_bwd_kernel[grid](x, w, dphi.contiguous(), dz, x.shape[2], **meta)
         # stage 1 trains only the maps (x from frozen projections needs no gradient); stage 2 only LoRA
