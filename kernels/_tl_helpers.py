@@ -44,6 +44,13 @@ def store_rows(p, b_x, o_t, m_t, X: tl.constexpr, BX: tl.constexpr):
 
 
 @triton.jit
+def strided_head_offset(i_bh, H: tl.constexpr, G: tl.constexpr, SB, SH):
+    """Element offset (int64) of program i_bh = b * H + h's head in a tensor with batch and head strides
+    SB, SH and H / G heads (head h // G: grouped-query heads read in place)."""
+    return (i_bh // H).to(tl.int64) * SB + ((i_bh % H) // G).to(tl.int64) * SH
+
+
+@triton.jit
 def load_rows_strided(p, o_t, m_t, S, X: tl.constexpr, BX: tl.constexpr):
     """load_rows for a matrix whose rows are S elements apart (its last dim contiguous): e.g. one head of a
     [B, T, H, X] tensor, S = H X."""

@@ -41,9 +41,9 @@ Backward, with den_i the denominator, dn_i = dy_i / den_i, dd_i = -dn_i . y_i, g
 The forward, when a gradient is wanted, also stores per row what the backward would otherwise recompute
 (RowStats): den, M, argmax [B, H, T] and u = (N^w (D^l + eps) - N^l D^w) / den^2 [B, H, T, D], so that
 with the output y, dd_i = -dn_i . y_i and dM_i = -dy_i . u_i. Kernel 1 (forward scan over query tiles)
-then makes one pass over each query tile's keys for dq, dfq and writes dd, dM ([B, H, T]). Kernel 2 (reverse scan over key
-tiles, with the reverse linear state P = sum fq dn^T, r = sum dd fq over the queries for which the whole
-key tile is linear) writes dk, dfk, dv.
+then makes one pass over each query tile's keys for dq, dfq and writes dd, dM ([B, H, T]). Kernel 2
+(reverse scan over key tiles, with the reverse linear state P = sum fq dn^T, r = sum dd fq over the
+queries for which the whole key tile is linear) writes dk, dfk, dv.
 
 The gradient through M_i goes to the first maximising key (torch's ``amax`` splits it evenly among exact
 ties; with continuous inputs ties have probability zero, and both are valid subgradients).
@@ -60,7 +60,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tl_helpers import dot as _dot
-from ._tl_helpers import head_offsets, load_segment_state, segment_chunks
+from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
@@ -280,8 +280,8 @@ def hybrid_attn_fwd_kernel(
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
     that turned linear before the segment. Writes y [B, H, T, D] (element strides SOB, SOH, SOT, the last dim
-    contiguous); with STATS also the row statistics the
-    backward starts from (u [B, H, T, D], den, mx, amax [B, H, T]; see the module docstring)."""
+    contiguous); with STATS also the row statistics the backward starts from (u [B, H, T, D], den, mx,
+    amax [B, H, T]; see the module docstring)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -290,7 +290,7 @@ def hybrid_attn_fwd_kernel(
     fq += i_bh64 * T * F
     fk += i_bh64 * T * F
     v += i_bv * T * V
-    o += (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
+    o += strided_head_offset(i_bh, H, 1, SOB, SOH)
     if STATS:
         u += i_bh64 * T * V
         den += i_bh64 * T
@@ -346,7 +346,7 @@ def hybrid_attn_bwd_dq_kernel(
     dfq += i_bh64 * T * F
     fk += i_bh64 * T * F
     v += i_bv * T * V
-    o_off = (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
+    o_off = strided_head_offset(i_bh, H, 1, SOB, SOH)
     do += o_off
     o += o_off
     u += i_bh64 * T * V
@@ -417,7 +417,7 @@ def hybrid_attn_bwd_dkv_kernel(
     fk += i_bh64 * T * F
     dfk += i_bh64 * T * F
     v += i_bv * T * V
-    do += (i_bh // H).to(tl.int64) * SOB + (i_bh % H).to(tl.int64) * SOH
+    do += strided_head_offset(i_bh, H, 1, SOB, SOH)
     dv += i_bh64 * T * V
     den += i_bh64 * T
     dd += i_bh64 * T

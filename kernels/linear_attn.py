@@ -64,9 +64,9 @@ from ._tl_helpers import (
     hedgehog_dz,
     hedgehog_fwd,
     load_rows,
-    pair_difference,
     load_segment_state,
     load_w2,
+    pair_difference,
     segment_chunks,
     store_rows,
 )

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2
+from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2, strided_head_offset
 from ._launch import launch
 from ._utils import autotune_configs, check_segment_chunks
 
@@ -62,15 +62,16 @@ def segment_state_kernel(
     HEDGEHOG: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). x [B, H/GX, T, K] (features, or raw with the Hedgehog projection w [H, K, FH]);
-    y [B, H/GY, T, V] with element strides SYB, SYH, SYT (its last dim contiguous). Writes S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF]
-    (fp32, padded), with y' = y, c = 1 forward and y' = y / den, c = dd in reverse. s_out, z_out: the S and
-    z parts of one state buffer, each segment's block BF * BV + BF floats apart (split_states)."""
+    y [B, H/GY, T, V] with element strides SYB, SYH, SYT (its last dim contiguous). Writes
+    S_s = sum_{lo<=j<hi} phi(x_j) y'_j^T [BF, BV] and z_s = sum c_j phi(x_j) [BF] (fp32, padded), with
+    y' = y, c = 1 forward and y' = y / den, c = dd in reverse. s_out, z_out: the S and z parts of one state
+    buffer, each segment's block BF * BV + BF floats apart (split_states)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64 = i_bh.to(tl.int64)
     i_bx = ((i_bh // H) * (H // GX) + (i_bh % H) // GX).to(tl.int64)
     DT = x.dtype.element_ty if LOWP else tl.float32
     x += i_bx * T * K
-    y += (i_bh // H).to(tl.int64) * SYB + ((i_bh % H) // GY).to(tl.int64) * SYH
+    y += strided_head_offset(i_bh, H, GY, SYB, SYH)
     lo = tl.load(bounds + 2 * i_s)
     hi = tl.load(bounds + 2 * i_s + 1)
     if HEDGEHOG:

@@ -26,7 +26,9 @@ def naive_scan(t, reverse, inclusive):
     return out
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 5, 7), (2, 4, 16), (1, 5, 3, 40), (2, 3, 1100), (2, 37, 9)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(3, 1, 5, 7), (2, 4, 16), (1, 5, 3, 40), (2, 3, 1100), (2, 37, 9)], ids=str
+)  # fmt: skip
 @pytest.mark.parametrize("reverse", [False, True], ids=["prefix", "suffix"])
 @pytest.mark.parametrize("inclusive", [False, True], ids=["exclusive", "inclusive"])
 def test_scan_kernel_matches_references(shape, reverse, inclusive):
@@ -40,6 +42,16 @@ def test_scan_kernel_matches_references(shape, reverse, inclusive):
     torch.testing.assert_close(ref, want, rtol=0, atol=1e-5)
     got = scan_segments_(t.clone(), reverse=reverse, inclusive=inclusive)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_segment_states_reject_a_strided_last_dim():
+    from lolcats_lab.kernels.segments import bounds_tensor, segment_states
+
+    x = torch.rand(1, 2, 8, 4, device=DEVICE)
+    y = torch.rand(1, 2, 8, 6, device=DEVICE)[..., ::2]  # last-dim stride 2
+    with pytest.raises(ValueError, match=r"^y must have a contiguous last dim, got strides \(96, 48, 6, 2\)"):
+        segment_states(x, None, y, bounds_tensor([(0, 8)], DEVICE), H=2, GX=1, GY=1, FH=0, BT=16, BK=4, BF=4,
+                       BV=4, prec="ieee", lowp=False)  # fmt: skip
 
 
 def test_scan_is_in_place():
