@@ -17,6 +17,10 @@
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
+#   sweep     sweep_hybrid_plan.py at the 8B stage-2 shape (batch 4, 1k tokens): warps x stages x segment plan, 32-token
+#             tiles (sweep64: 64-token tiles, 2 stages; sweep-map: the Hedgehog map kernels at that shape)
+#   ncu       Nsight Compute on one call of each Triton kernel of the stage-2 layer (ncu_stage2_kernels.py): speed of
+#             light, occupancy, launch stats, warp stalls; text report in $OUT/ncu.log
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
 #             the 2-GPU kind), layer-sharded and data parallel, and the throughput ratios from the timing.json
@@ -75,6 +79,18 @@ for step in "$@"; do
             run 420 8b-train python3 benchmarks/bench_8b.py --sections a,b,c --budget-s 400 --out "$OUT/8b-train.json" ;;
         8b-lora)  # stage 2 alone (section c), with its per-kernel profile
             run 240 8b-lora python3 benchmarks/bench_8b.py --sections c --budget-s 200 --out "$OUT/8b-lora.json" ;;
+        sweep)
+            run 300 sweep python3 benchmarks/sweep_hybrid_plan.py --chunks 32 --out "$OUT/sweep.json" ;;
+        sweep64)
+            run 150 sweep64 python3 benchmarks/sweep_hybrid_plan.py --chunks 64 --stages 2 --segment-chunks 0 8 \
+                --out "$OUT/sweep64.json" ;;
+        sweep-map)
+            run 200 sweep-map python3 benchmarks/sweep_hybrid_plan.py --map --out "$OUT/sweep-map.json" ;;
+        ncu)
+            NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+            run 240 ncu "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"hybrid|hedgehog" \
+                --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py ;;
         8b-gen)
             run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
                 --out "$OUT/8b-gen.json" ;;

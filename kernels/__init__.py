@@ -8,7 +8,8 @@ does not catch the error) nor look like the Hugging Face package (no ``__version
 the probe answers False. tests/test_packaging.py checks both.
 """
 
-# Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, hedgehog_map, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
+# Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, hedgehog_map,
+# hedgehog_hybrid, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
 # without Triton; only calling an op needs it. (The ops are named triton_* so that they never clash with
 # the submodules of the same stem, e.g. `lolcats_lab.kernels.linear_attn`.)
 
@@ -51,6 +52,18 @@ def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink
     )  # fmt: skip
 
 
+def triton_hedgehog_hybrid_attn(q, k, v, wq, wk, window_logit, *, window, kind="tk", sink_tokens=0, scale=None,
+                                eps=1e-12, chunk_size=32, segment_chunks=None):  # fmt: skip
+    """The hybrid with both Hedgehog maps in one op: q, k [B, H, T, K], wq, wk [H, K, f] (hedgehog_hybrid.py)."""
+    _require_triton()
+    from .hedgehog_hybrid import hedgehog_hybrid_attn
+
+    return hedgehog_hybrid_attn(
+        q, k, v, wq, wk, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+        chunk_size=chunk_size, segment_chunks=segment_chunks,
+    )  # fmt: skip
+
+
 def triton_hedgehog_map(x, weight):
     """Hedgehog feature map: x [B, H, T, K], weight [H, K, f] -> phi [B, H, T, 2f] in x's dtype (SPEC.md)."""
     _require_triton()
@@ -67,4 +80,4 @@ def triton_hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, *, scale=Non
     return hybrid_decode_step(q, k, v, fq, fk, window_logit, cache, scale=scale, eps=eps)
 
 
-__all__ = ["triton_hedgehog_linear_attn", "triton_hedgehog_map", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]
+__all__ = ["triton_hedgehog_hybrid_attn", "triton_hedgehog_linear_attn", "triton_hedgehog_map", "triton_hybrid_attn", "triton_hybrid_decode_step", "triton_linear_attn"]

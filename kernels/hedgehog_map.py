@@ -6,11 +6,11 @@ Math (SPEC.md "Hedgehog feature map"), per batch element, head h and token:
 
 Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` (PyTorch, which the module runs in fp32: for bf16
 inputs it reads x, writes an fp32 copy, the projection, two softmaxes, the concatenation and the clamp,
-and autograd keeps the fp32 softmax outputs for the backward). Here one program per (batch, head, tile of
-BT tokens) loads x and W_h, takes z = x W_h [BT, f] in one dot, computes both softmaxes in registers and
-writes phi in x's dtype as two contiguous halves (softmax(z), then softmax(-z): SPEC order); autograd
-saves only x. The backward recomputes the softmaxes and writes dz = d(x W_h) [B, H, T, f] in fp32; the
-projection's backward then runs as two GEMMs (:func:`project_back`).
+and autograd keeps the fp32 softmax outputs for the backward). Here a program loads W_h once and walks a
+run of tiles of BT tokens of one (batch, head) (see _PROGRAMS_PER_SM); per tile it takes z = x W_h
+[BT, f] in one dot, computes both softmaxes in registers and writes phi in x's dtype as two contiguous
+halves (softmax(z), then softmax(-z): SPEC order); autograd saves only x. The backward recomputes the softmaxes and writes dz = d(x W_h) [B, H, T, f] in x's dtype;
+the projection's backward then runs as two GEMMs (:func:`project_back`).
 
 Unlike the fused attention kernels, which keep the two halves interleaved (pos_0, neg_0, ...) because only
 dot products over F are taken there, this kernel's output is read by others, so it is written in SPEC
@@ -25,6 +25,8 @@ Shapes: x [B, H, T, K], w [H, K, f] -> phi [B, H, T, 2f]; K <= 128 and f <= 128.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -32,14 +34,22 @@ import triton.language as tl
 from ._tl_helpers import PHI_MIN, load_rows, store_rows
 from ._utils import block, check_device, check_projection, check_tensor, dot_precision
 
-# Tokens per program, forward and backward. Each program also loads W_h (32 KB in fp32), so longer tiles read
-# it less often: on an H100 (8B-shaped stage 2, 64 calls on [4, 32, 1024, 128], results/*-8b-lora-2026-11-24-
-# map128.json) the forward took 2.74 ms with 128-token tiles against 3.46 with 64; the backward 4.71 against
-# 4.58-4.67, so it keeps 64. Compiled for sm_90 (benchmarks/kernel_resources.py method, bf16, K = 128, f = 64,
-# 8 warps): 156 / 248 registers (forward / backward) with 128-token tiles, 106 / 147 with 64, no spills; 4
-# warps spill at 128 tokens, and 256-token tiles spill at 8 warps too.
+# Tokens per tile, forward and backward. Compiled for sm_90 (benchmarks/kernel_resources.py method, bf16,
+# K = 128, f = 64, 8 warps): 156 / 248 registers (forward / backward) with 128-token tiles, 106 / 147 with 64,
+# no spills; 4 warps spill at 128 tokens, and 256-token tiles spill at 8 warps too. With one tile per program
+# (sessions 3-5) the forward took 2.74 ms with 128-token tiles against 3.46 with 64 over the 64 calls of an
+# 8B stage-2 step on an H100 ([4, 32, 1024, 128], results/*-8b-lora-2026-11-24-map128.json): each program
+# loaded W_h (32 KB in fp32) for one tile. Now each program loads W_h once and walks several tiles, so the
+# loads of one tile can overlap the work of the previous one (num_stages). Swept at that shape on an H200
+# (benchmarks/sweep_hybrid_plan.py --map, results/NVIDIA_H200-2026-12-01-sweep-map-stage2.json; tile x warps
+# x stages x programs per SM, medians of do_bench): forward best at 128-token tiles, 8 warps, 2 stages, one
+# program per SM (34.8 us per call; one tile per program as before, with Triton's default 3 stages: 42.8 us),
+# backward at 64-token tiles, 8 warps, 3 stages, one program per SM (48.8 us; as before: 70.3 us).
 _BT_FWD, _BT_BWD = 128, 64
 _NUM_WARPS = 8
+_STAGES_FWD, _STAGES_BWD = 2, 3
+_PROGRAMS_PER_SM = 1
+_INTERPRETER_SMS = 4  # the CPU interpreter has no multiprocessors; any small count exercises the tiling
 
 
 @triton.jit
@@ -51,34 +61,45 @@ def _softmax(b_z, m_f):
 
 
 @triton.jit
-def _tile_softmaxes(x, w, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
-    """This program's tile, grid (cdiv(T, BT), B*H): (row offset of its (batch, head) in int64, token
-    positions o_t [BT], their mask, softmax(z) and softmax(-z) [BT, BF] unclamped, feature mask [BF])."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_bh64 = i_bh.to(tl.int64)
+def _program_setup(w, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BF: tl.constexpr):  # fmt: skip
+    """Grid (cdiv(n_tiles, TPP), B*H): (row offset of this program's (batch, head) in int64, its projection
+    W_h [BK, BF] fp32 (zero-padded), the feature mask [BF], and its tiles [t_lo, t_hi) of BT tokens)."""
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)
     m_f = o_f < FH
     p_w = w + (i_bh % H).to(tl.int64) * K * FH + o_k[:, None] * FH + o_f[None, :]
     b_w = tl.load(p_w, mask=(o_k < K)[:, None] & m_f[None, :], other=0.0).to(tl.float32)  # [BK, BF]
+    t_lo = i_p * TPP
+    return i_bh.to(tl.int64), b_w, m_f, t_lo, tl.minimum(t_lo + TPP, tl.cdiv(T, BT))
+
+
+@triton.jit
+def _tile_softmaxes(x, b_w, m_f, i_t, T, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Tile i_t of one head's x [T, K]: (token positions o_t [BT], their mask, softmax(z) and softmax(-z)
+    [BT, BF] unclamped), z = x W_h."""
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < T
-    b_x = load_rows(x + i_bh64 * T * K, o_t, m_t, K, BK)  # [BT, BK] fp32
+    b_x = load_rows(x, o_t, m_t, K, BK)  # [BT, BK] fp32
     b_z = tl.dot(b_x, b_w, input_precision=PREC)  # [BT, BF] = x W_h
-    return i_bh64, o_t, m_t, _softmax(b_z, m_f), _softmax(-b_z, m_f), m_f
+    return o_t, m_t, _softmax(b_z, m_f), _softmax(-b_z, m_f)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "TPP"])
 def hedgehog_map_fwd_kernel(
-    x, w, phi, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    x, w, phi, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BF: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(T, BT), B*H): phi of tokens [i_t BT, (i_t + 1) BT) of one (batch, head), two halves."""
-    i_bh64, o_t, m_t, b_p, b_n, m_f = _tile_softmaxes(x, w, T, H, K, FH, BT, BK, BF, PREC)
-    p_phi = phi + i_bh64 * T * 2 * FH + o_t[:, None] * 2 * FH + tl.arange(0, BF)[None, :]
-    m = m_t[:, None] & m_f[None, :]
-    tl.store(p_phi, tl.maximum(b_p, PHI_MIN).to(phi.dtype.element_ty), mask=m)
-    tl.store(p_phi + FH, tl.maximum(b_n, PHI_MIN).to(phi.dtype.element_ty), mask=m)
+    """Grid (cdiv(n_tiles, TPP), B*H): phi of TPP tiles of BT tokens of one (batch, head), two halves."""
+    i_bh64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, K, FH, BT, BK, BF)
+    x += i_bh64 * T * K
+    phi += i_bh64 * T * 2 * FH
+    for i_t in range(t_lo, t_hi):
+        o_t, m_t, b_p, b_n = _tile_softmaxes(x, b_w, m_f, i_t, T, K, BT, BK, PREC)
+        p_phi = phi + o_t[:, None] * 2 * FH + tl.arange(0, BF)[None, :]
+        m = m_t[:, None] & m_f[None, :]
+        tl.store(p_phi, tl.maximum(b_p, PHI_MIN).to(phi.dtype.element_ty), mask=m)
+        tl.store(p_phi + FH, tl.maximum(b_n, PHI_MIN).to(phi.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -89,28 +110,51 @@ def _softmax_back(b_g, b_p):
     return b_p * (b_g - tl.sum(b_g * b_p, 1)[:, None])
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "TPP"])
 def hedgehog_map_bwd_kernel(
-    x, w, dphi, dz, T, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BF: tl.constexpr, PREC: tl.constexpr,
+    x, w, dphi, dz, dx, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr, WRITE_DZ: tl.constexpr, ADD_DX: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(T, BT), B*H): dz [B, H, T, f] fp32, the gradient of z = x W_h (softmax(-z) enters with a
-    minus sign)."""
-    i_bh64, o_t, m_t, b_p, b_n, m_f = _tile_softmaxes(x, w, T, H, K, FH, BT, BK, BF, PREC)
-    p_dphi = dphi + i_bh64 * T * 2 * FH + o_t[:, None] * 2 * FH + tl.arange(0, BF)[None, :]
-    m = m_t[:, None] & m_f[None, :]
-    b_gp = tl.load(p_dphi, mask=m, other=0.0).to(tl.float32)
-    b_gn = tl.load(p_dphi + FH, mask=m, other=0.0).to(tl.float32)
-    b_dz = _softmax_back(b_gp, b_p) - _softmax_back(b_gn, b_n)  # [BT, BF]
-    store_rows(dz + i_bh64 * T * FH, b_dz, o_t, m_t, FH, BF)
+    """Grid (cdiv(n_tiles, TPP), B*H): dz = d(x W_h) [BT, f] per tile in fp32 (softmax(-z) enters with a
+    minus sign); WRITE_DZ stores it to dz [B, H, T, f] (in dz's dtype, for the weight's gradient), ADD_DX
+    adds dz W_h^T into dx [B, H, T, K] in place (x's gradient, already holding the attention's part)."""
+    i_bh64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, K, FH, BT, BK, BF)
+    x += i_bh64 * T * K
+    dphi += i_bh64 * T * 2 * FH
+    dz += i_bh64 * T * FH
+    dx += i_bh64 * T * K
+    for i_t in range(t_lo, t_hi):
+        o_t, m_t, b_p, b_n = _tile_softmaxes(x, b_w, m_f, i_t, T, K, BT, BK, PREC)
+        p_dphi = dphi + o_t[:, None] * 2 * FH + tl.arange(0, BF)[None, :]
+        m = m_t[:, None] & m_f[None, :]
+        b_gp = tl.load(p_dphi, mask=m, other=0.0).to(tl.float32)
+        b_gn = tl.load(p_dphi + FH, mask=m, other=0.0).to(tl.float32)
+        b_dz = _softmax_back(b_gp, b_p) - _softmax_back(b_gn, b_n)  # [BT, BF]
+        if WRITE_DZ:
+            store_rows(dz, b_dz, o_t, m_t, FH, BF)
+        if ADD_DX:
+            b_dx = load_rows(dx, o_t, m_t, K, BK) + tl.dot(b_dz, tl.trans(b_w), input_precision=PREC)  # [BT, BK]
+            store_rows(dx, b_dx, o_t, m_t, K, BK)
 
 
-def _launch_args(x, w, bt):
+@functools.lru_cache(maxsize=16)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_args(x, w, bt, stages):
+    """(grid, TPP, compile-time and launch options): about _PROGRAMS_PER_SM programs per multiprocessor, each
+    walking TPP consecutive tiles of one (batch, head); at least one tile each."""
     B, H, T, K = x.shape
     FH = w.shape[-1]
-    grid = (triton.cdiv(T, bt), B * H)
-    return grid, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
-                      num_warps=_NUM_WARPS)
+    n_tiles = triton.cdiv(T, bt)
+    per_head = max(1, min(n_tiles, triton.cdiv(_PROGRAMS_PER_SM * _multiprocessors(x.device), B * H)))
+    tpp = triton.cdiv(n_tiles, per_head)
+    grid = (triton.cdiv(n_tiles, tpp), B * H)
+    return grid, tpp, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
+                           num_warps=_NUM_WARPS, num_stages=stages)  # fmt: skip
 
 
 def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
@@ -140,23 +184,44 @@ def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
     return dx, dw
 
 
+def map_forward(x, w):
+    """Launch the forward: phi [B, H, T, 2f] in x's dtype (x contiguous [B, H, T, K], w [H, K, f])."""
+    grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD)
+    phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
+    hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], tpp, **meta)
+    return phi
+
+
+def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
+    """Launch the backward through the softmaxes. Returns dz = d(x W_h) [B, H, T, f] in x's dtype when
+    ``need_dz`` (the weight's gradient takes it; x's gradient from it via :func:`project_back`), else
+    None. With ``dx`` ([B, H, T, K] contiguous, x's dtype: e.g. the attention's gradient of the same x),
+    the kernel also adds dz W_h^T into it in place, from dz still in registers (fp32): no dz round trip
+    through memory and no separate GEMM or add for x's gradient."""
+    if dx is not None and (dx.shape != x.shape or dx.dtype != x.dtype or not dx.is_contiguous()):
+        raise ValueError(f"dx must be contiguous with x's shape and dtype {tuple(x.shape)}, {x.dtype}; got "
+                         f"{tuple(dx.shape)}, {dx.dtype}")  # fmt: skip
+    grid, tpp, meta = _launch_args(x, w, _BT_BWD, _STAGES_BWD)
+    dz = x.new_empty(*x.shape[:3], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: a pointer never written
+    hedgehog_map_bwd_kernel[grid](
+        x, w, dphi.contiguous(), dz, x if dx is None else dx, x.shape[2], tpp, WRITE_DZ=need_dz,
+        ADD_DX=dx is not None, **meta,
+    )  # fmt: skip
+    return dz if need_dz else None
+
+
 class HedgehogMapFunction(torch.autograd.Function):
     """phi = hedgehog(x, w); saves x and w only (the backward recomputes the softmaxes)."""
 
     @staticmethod
     def forward(ctx, x, w):
-        grid, meta = _launch_args(x, w, _BT_FWD)
-        phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
-        hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], **meta)
         ctx.save_for_backward(x, w)
-        return phi
+        return map_forward(x, w)
 
     @staticmethod
     def backward(ctx, dphi):
         x, w = ctx.saved_tensors
-        grid, meta = _launch_args(x, w, _BT_BWD)
-        dz = x.new_empty(*x.shape[:3], w.shape[-1], dtype=torch.float32)  # [B, H, T, f]
-        hedgehog_map_bwd_kernel[grid](x, w, dphi.contiguous(), dz, x.shape[2], **meta)
+        dz = map_backward(x, w, dphi)
         # stage 1 trains only the maps (x from frozen projections needs no gradient); stage 2 only LoRA
         return project_back(dz, x, w, need_dx=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1])
 

@@ -78,11 +78,16 @@ from .segments import bounds_tensor, plan_segments, segment_states
 
 HYBRID_EPS = 1e-12
 
-# Two candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
+# Candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
 # (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
 # (linear) and 0.04-2.4 KB (hybrid) per kernel, against 2.4-4.3 KB and up to 6.3 KB with 4 warps at 64-token
 # tiles; hence also the default chunk_size of 32 (benchmarks/README.md, "Register spills").
+# A third candidate from a sweep at the 8B stage-2 shape on an H200 (batch 4, 32 heads, 1k tokens, one segment;
+# benchmarks/sweep_hybrid_plan.py, results/NVIDIA_H200-2026-12-01-sweep-hybrid-stage2.json): 8 warps with 3
+# pipeline stages took 1.230 ms for the three kernels against 1.289 with 2 stages (forward 0.330 vs 0.363,
+# dq 0.390 vs 0.412, dk/dv 0.511 vs 0.514); 4 warps were slower there (1.84 ms) with one segment.
 _CONFIGS = autotune_configs(
+    triton.Config({}, num_warps=8, num_stages=3),
     triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
 )
@@ -529,16 +534,40 @@ def _forward_states(q, k, v, fq, fk, *, window, kind, sink_tokens, chunk_size, c
     )  # fmt: skip
 
 
+# The forward's query tile where the backward's is 32 tokens: 64 for tk windows that 64 divides (WIN_ONLY holds
+# for both tiles). Measured: on an H200 at the 8B stage-2 shape (batch 4, 32 heads, 1k tokens, one segment;
+# benchmarks/sweep_hybrid_plan.py, results/NVIDIA_H200-2026-12-01-sweep-hybrid-64.json) the forward took
+# 0.257 ms with 64-token tiles against 0.330 with 32, while dq (0.679 vs 0.390 ms) and dk/dv (0.632 vs 0.511)
+# were slower; on an H100 at batch 1 (results/NVIDIA_H100_80GB_HBM3-2026-11-23-hybrid64.json) the forward
+# took 1.36 vs 1.67 ms at 16k and 2.41 vs 3.03 at 32k, the forward+backward more. So each direction keeps
+# its faster tile. The two share segment boundaries (in tokens) and the row statistics, not tiles.
+WIDE_FORWARD_TILE = 64
+
+
+def forward_tile(chunk_size: int, window: int, kind: str, cps: int, n_seg: int) -> tuple[int, int]:
+    """(tile, tiles per segment) for the forward, given the backward's chunk_size and segment plan (cps
+    chunks per segment, n_seg segments): WIDE_FORWARD_TILE when chunk_size is the default 32, the window is
+    tk with WIDE_FORWARD_TILE dividing it, and the segments hold whole wide tiles (one segment always
+    does); otherwise the backward's own (chunk_size, cps)."""
+    wide = WIDE_FORWARD_TILE
+    ratio = wide // chunk_size
+    if chunk_size == 32 and kind == "tk" and window % wide == 0 and (n_seg == 1 or cps % ratio == 0):
+        return wide, -(-cps // ratio)
+    return chunk_size, cps
+
+
 def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
                     segment_chunks=None, stats=False):  # fmt: skip
     """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D], the segment start
     states (s0, z0, cps) and, when ``stats``, the row statistics the backward needs (``RowStats``), else
-    None."""
+    None. chunk_size and cps are the backward's tile and tiles per segment (the forward may run wider
+    tiles over the same segments: see forward_tile)."""
     B, H, T, _ = q.shape
-    meta = _meta(q, k, fq, v, kind, window, chunk_size)
     cps, n_seg = _plan(q, T, chunk_size, segment_chunks)
+    tile, tile_cps = forward_tile(chunk_size, window, kind, cps, n_seg)
+    meta = _meta(q, k, fq, v, kind, window, tile)
     s0, z0 = _forward_states(q, k, v, fq, fk, window=window, kind=kind, sink_tokens=sink_tokens,
-                             chunk_size=chunk_size, cps=cps, n_seg=n_seg, meta=meta)  # fmt: skip
+                             chunk_size=tile, cps=tile_cps, n_seg=n_seg, meta=meta)  # fmt: skip
     # [B, H, T, D], one output per query head, laid out [B, T, H, D] (as SDPA's output): merging the heads
     # for the output projection is then a view, and the gradient that comes back from it needs no copy
     o = v.new_empty(B, T, H, v.shape[-1]).transpose(1, 2)
@@ -546,7 +575,7 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
     launch(
         hybrid_attn_fwd_kernel, (n_seg, B * H),
         q, k, v, fq, fk, gamma, s0, z0, o, *o.stride()[:3], *(row if stats else (o,) * 4), T, window, sink_tokens,
-        scale, eps, n_seg, CPS=cps, STATS=stats, **meta
+        scale, eps, n_seg, CPS=tile_cps, STATS=stats, **meta
     )  # fmt: skip
     return o, (s0, z0, cps), row
 
@@ -616,7 +645,10 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, -1).sum(2).to(v.dtype)  # [B, VH, T, D]
     # dL/dgamma = sum_W e_ij g_ij / gamma = -sum_i dM_i / gamma and dgamma/dlogit = gamma (1 - gamma)
-    d_logit = -(1.0 - gamma) * dm.sum(dim=(0, 2))  # [H]
+    # over t first (a contiguous reduction), then over b: one sum over dims (0, 2) runs as a strided reduce
+    # kernel, and the linearized 8B stage-2 profile on an H200 had 0.8 ms (32 calls) more of that kernel than
+    # the softmax model's (results/NVIDIA_H200-8b-lora-2026-12-01-baseline.json)
+    d_logit = -(1.0 - gamma) * dm.sum(dim=2).sum(dim=0)  # [H]
     return dq, dk, dv, dfq, dfk, d_logit
 
 
@@ -648,6 +680,43 @@ class HybridAttnFunction(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------- public op
+def check_hybrid_args(q, k, v, window_logit, *, window, kind, sink_tokens, eps, chunk_size, segment_chunks,
+                      features: dict) -> None:  # fmt: skip
+    """The checks every hybrid op makes: q [B, H, T, K], k and v with B, T of q and head counts dividing H,
+    one dtype and device (with the tensors in ``features``, e.g. fq/fk), window_logit [H] on q's device,
+    and the window / kind / sinks / eps / tile options. Raises ValueError naming the problem."""
+    check_tensor("q", q, 4, "[B, H, T, K]")
+    for name, x in (("k", k), ("v", v), *features.items()):
+        check_tensor(name, x, 4, "[B, H, T, *]")
+    check_same_dtype_device(q=q, k=k, v=v, **features)
+    B, H, T, _ = q.shape
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    for name, x in (("k", k), ("v", v)):
+        if x.shape[0] != B or x.shape[2] != T:
+            raise ValueError(f"{name} has [B, T] = {(x.shape[0], x.shape[2])} but q has {(B, T)}")
+        if H % x.shape[1]:
+            raise ValueError(
+                f"{name} has {x.shape[1]} heads, which does not divide the {H} heads of q; grouped-query "
+                "inputs need H to be a multiple of the key/value head count"
+            )
+    if not isinstance(window_logit, torch.Tensor) or window_logit.shape != (H,):
+        got = tuple(window_logit.shape) if isinstance(window_logit, torch.Tensor) else type(window_logit).__name__
+        raise ValueError(f"window_logit must be a tensor of shape [H] = ({H},), one logit per head, got {got}")
+    if window_logit.device != q.device:
+        raise ValueError(f"window_logit is on {window_logit.device} but q is on {q.device}; move it")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1 (for window=0 use the linear-attention kernel), got {window!r}")
+    if kind not in ("tk", "sw"):
+        raise ValueError(f"kind must be 'tk' (terraced blocks) or 'sw' (plain sliding window), got {kind!r}")
+    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+        raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
+    if not (isinstance(eps, float) and eps >= 0.0):
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    check_chunk_size(chunk_size)
+    check_segment_chunks(segment_chunks)
+
+
 def hybrid_attn(
     q, k, v, fq, fk, window_logit, *, window: int, kind: str = "tk", sink_tokens: int = 0,
     scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 32, segment_chunks: int | None = None,
@@ -665,41 +734,12 @@ def hybrid_attn(
     Returns: y [B, H, T, D] in v's dtype, laid out [B, T, H, D] in memory (``y.transpose(1, 2)`` is
     contiguous, as with SDPA). Memory O(B H T) beyond inputs and outputs.
     """
-    check_tensor("q", q, 4, "[B, H, T, K]")
-    for name, x in (("k", k), ("v", v), ("fq", fq), ("fk", fk)):
-        check_tensor(name, x, 4, "[B, H, T, *]")
-    check_same_dtype_device(q=q, k=k, v=v, fq=fq, fk=fk)
-    B, H, T, _ = q.shape
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    check_hybrid_args(q, k, v, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, eps=eps,
+                      chunk_size=chunk_size, segment_chunks=segment_chunks, features=dict(fq=fq, fk=fk))  # fmt: skip
     if fq.shape != fk.shape:
         raise ValueError(f"fq and fk must have the same shape, got {tuple(fq.shape)} and {tuple(fk.shape)}")
     if fq.shape[:3] != q.shape[:3]:
         raise ValueError(f"fq has [B, H, T] = {tuple(fq.shape[:3])} but q has {tuple(q.shape[:3])}")
-    for name, x in (("k", k), ("v", v)):
-        if x.shape[0] != B or x.shape[2] != T:
-            raise ValueError(f"{name} has [B, T] = {(x.shape[0], x.shape[2])} but q has {(B, T)}")
-        if H % x.shape[1]:
-            raise ValueError(
-                f"{name} has {x.shape[1]} heads, which does not divide the {H} heads of q; grouped-query "
-                "inputs need H to be a multiple of the key/value head count"
-            )
-    H = q.shape[1]
-    if not isinstance(window_logit, torch.Tensor) or window_logit.shape != (H,):
-        got = tuple(window_logit.shape) if isinstance(window_logit, torch.Tensor) else type(window_logit).__name__
-        raise ValueError(f"window_logit must be a tensor of shape [H] = ({H},), one logit per head, got {got}")
-    if window_logit.device != q.device:
-        raise ValueError(f"window_logit is on {window_logit.device} but q is on {q.device}; move it")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (for window=0 use the linear-attention kernel), got {window!r}")
-    if kind not in ("tk", "sw"):
-        raise ValueError(f"kind must be 'tk' (terraced blocks) or 'sw' (plain sliding window), got {kind!r}")
-    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
-        raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
-    if not (isinstance(eps, float) and eps >= 0.0):
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    check_chunk_size(chunk_size)
-    check_segment_chunks(segment_chunks)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HybridAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,

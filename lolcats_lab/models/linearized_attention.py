@@ -224,11 +224,41 @@ class LinearizedAttention(nn.Module):
 
         return self.impl == "auto" and triton_supported(x, causal=True, key_mask=None)
 
+    def _uses_fused_kernel(self, q: torch.Tensor, key_mask) -> bool:
+        """Whether this call runs the one-op Triton kernel for both Hedgehog maps and the hybrid
+        (``lolcats_lab.kernels.hedgehog_hybrid``): a hybrid form whose maps run their Triton kernel, the
+        Triton hybrid chosen for these inputs (as ``hybrid_attn`` dispatches: impl "triton" on CUDA, or
+        "auto" for causal fp16/bf16 CUDA inputs), and no padding (padded rows are reordered first)."""
+        if self.window == 0 or key_mask is not None or not self.causal or self.feature_map_name != "hedgehog":
+            return False
+        if not (q.is_cuda and self.q_map._use_triton(q) and self.k_map._use_triton(q)):
+            return False
+        if self.impl == "triton":
+            return True
+        from ..attention.dispatch import triton_supported
+
+        return self.impl == "auto" and triton_supported(q, causal=True, key_mask=None)
+
+    def _fused_hedgehog_hybrid(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """y [B, H, T, D] from the one-op kernel: equal to ``linearized(q, *features)``, with each map's
+        gradient added into the attention's dq / dk by the GEMM that computes it (no separate adds)."""
+        from ..kernels import triton_hedgehog_hybrid_attn
+
+        n_rep = self.num_heads // self.num_kv_heads
+        return triton_hedgehog_hybrid_attn(
+            q, _repeat_kv(k, n_rep), _repeat_kv(v, n_rep), self.q_map.weight, self.k_map.weight, self.window_logit,
+            window=self.window, kind=self.kind, sink_tokens=self.sink_tokens, scale=self.scaling,
+        )  # fmt: skip
+
     def _linear_with_cache(self, q, k, v, attention_mask, cache) -> torch.Tensor:
         T = q.shape[2]
-        k, v, fq, fk = self._features(q, k, v)
         if cache is None:
-            return self.linearized(q, k, v, fq, fk, key_mask_from_attention_mask(attention_mask, T))
+            key_mask = key_mask_from_attention_mask(attention_mask, T)
+            if self._uses_fused_kernel(q, key_mask):
+                return self._fused_hedgehog_hybrid(q, k, v)
+            k, v, fq, fk = self._features(q, k, v)
+            return self.linearized(q, k, v, fq, fk, key_mask)
+        k, v, fq, fk = self._features(q, k, v)
         if not self.causal:
             raise ValueError("a cache is only used for causal (decoder) models; call the model without past_key_values")
         layer = linearized_cache_layer(cache, self.layer_idx)
@@ -283,8 +313,11 @@ class LinearizedAttention(nn.Module):
 
         T = q.shape[2]
         key_mask = key_mask_from_attention_mask(attention_mask, T)
-        k_r, v_r, fq, fk = self._features(q, k, v)
-        y_lin = self.linearized(q, k_r, v_r, fq, fk, key_mask)  # [B, H, T, D]
+        if self.capture_head is None and self._uses_fused_kernel(q, key_mask):
+            y_lin = self._fused_hedgehog_hybrid(q, k, v)  # [B, H, T, D]
+        else:
+            k_r, v_r, fq, fk = self._features(q, k, v)
+            y_lin = self.linearized(q, k_r, v_r, fq, fk, key_mask)  # [B, H, T, D]
         err = (y_lin.float() - y_soft_bhtd.detach().float()).pow(2)  # [B, H, T, D]
         if key_mask is None:
             self.transfer_mse = err.mean(dim=(0, 2, 3))  # [H]

@@ -118,3 +118,21 @@ def test_map_frozen_weight_gets_no_gradient():
     triton_hedgehog_map(xg, w).backward(dphi)
     assert w.grad is None
     check_close("dx", want, xg.grad, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("programs_per_sm", [1, 4])
+def test_map_programs_walking_several_tiles(monkeypatch, programs_per_sm):
+    """16-token tiles with one program per (batch, head) walking all 7 tiles of T = 100, or three programs
+    walking 3 / 3 / 1 (the last run cut short): outputs and gradients still equal the PyTorch map."""
+    import lolcats_lab.kernels.hedgehog_map as hm
+
+    monkeypatch.setattr(hm, "_BT_FWD", 16)
+    monkeypatch.setattr(hm, "_BT_BWD", 16)
+    monkeypatch.setattr(hm, "_PROGRAMS_PER_SM", programs_per_sm)
+    x, w, dphi = _case(2, 3, 100, 16, 8, torch.float32, seed=programs_per_sm)
+    grid, tpp, _ = hm._launch_args(x, w, 16, 2)
+    assert (grid, tpp) == (((1, 6), 7) if programs_per_sm == 1 else ((3, 6), 3)) or DEVICE == "cuda"
+    want = _run(hedgehog_phi, x, w, dphi)
+    got = _run(triton_hedgehog_map, x, w, dphi)
+    for name, a, b in zip(("phi", "dx", "dw"), want, got):
+        check_close(name, a, b, **TOLERANCES[torch.float32])

@@ -118,6 +118,36 @@ def test_hybrid_segments_match_naive(kind, window, sinks, segment_chunks):
     check_all(y_ref, g_ref, y, g, torch.float32)
 
 
+@pytest.mark.parametrize("T,sinks,segment_chunks", [(65, 0, None), (200, 0, 2), (257, 3, 4), (200, 0, 3), (130, 0, 20)])
+def test_hybrid_wide_forward_tile_matches_naive(T, sinks, segment_chunks):
+    """tk window 64 with the default 32-token tile: the forward runs 64-token tiles over the backward's
+    segments (forward_tile) when they hold whole wide tiles: 2 and 4 tiles per segment, or one segment
+    (20); 3 tiles per segment keep 32 (and None on the CPU plans one-tile segments). Output and gradients
+    still equal the reference, which also checks that both directions agree on segment starts."""
+    from lolcats_lab.kernels.hybrid_attn import _plan, forward_tile
+
+    xs, do = make_inputs(1, 2, T, 12, 10, 9, torch.float32, q_scale=3.0, seed=T)
+    cps, n_seg = _plan(xs[0], T, 32, segment_chunks)
+    wide = segment_chunks in (2, 4, 20)
+    assert forward_tile(32, 64, "tk", cps, n_seg) == ((64, -(-cps // 2)) if wide else (32, cps))
+    cfg = dict(window=64, kind="tk", sink_tokens=sinks)
+    y_ref, g_ref = run_with_grads(lambda *x: naive_hybrid_attn(*x, **cfg), xs, do)
+    y, g = run_with_grads(lambda *x: triton_hybrid_attn(*x, chunk_size=32, segment_chunks=segment_chunks, **cfg), xs, do)
+    check_all(y_ref, g_ref, y, g, torch.float32)
+
+
+def test_forward_tile_rule():
+    """The wide forward tile only for the default tile, tk windows it divides and whole tiles per segment."""
+    from lolcats_lab.kernels.hybrid_attn import forward_tile
+
+    assert forward_tile(32, 128, "tk", 32, 1) == (64, 16)
+    assert forward_tile(32, 64, "tk", 33, 1) == (64, 17)  # one segment: its last tile may be partial
+    assert forward_tile(32, 64, "tk", 3, 4) == (32, 3)  # 96-token segments: no whole 64-token tiles
+    assert forward_tile(32, 64, "sw", 32, 1) == (32, 32)
+    assert forward_tile(32, 96, "tk", 32, 1) == (32, 32)
+    assert forward_tile(16, 64, "tk", 32, 1) == (16, 32)
+
+
 def test_hybrid_half_operands_for_large_tiles():
     """F = 200 (a 256-wide feature tile): fp16 inputs take the half-operand path (LOWP) the GPU needs."""
     xs, do = make_inputs(1, 1, 65, 12, 200, 80, torch.float16, q_scale=3.0)
