@@ -57,12 +57,14 @@ def sweep_map(B, H, T, reps):
     w = torch.randn(H, 128, 64, device="cuda") / 128**0.5
     dphi = torch.randn(B, H, T, 128, device="cuda").bfloat16()
     dx = torch.randn(B, H, T, 128, device="cuda").bfloat16()  # the attention's part of x's gradient
-    saved = hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._PROGRAMS_PER_SM
+    saved = (hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._WARPS_ADD_DX, hm._STAGES_ADD_DX,
+             hm._PROGRAMS_PER_SM)
     rows = []
     try:
         for bt, warps, stages, per_sm in itertools.product((64, 128), (4, 8), (1, 2, 3), (1, 2, 4, 64)):
             hm._BT_FWD = hm._BT_BWD = bt
-            hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._PROGRAMS_PER_SM = warps, stages, stages, per_sm
+            hm._NUM_WARPS, hm._WARPS_ADD_DX, hm._PROGRAMS_PER_SM = warps, warps, per_sm
+            hm._STAGES_FWD = hm._STAGES_BWD = hm._STAGES_ADD_DX = stages
             row = dict(tile=bt, num_warps=warps, num_stages=stages, programs_per_sm=per_sm)
             try:
                 fwd = triton.testing.do_bench(lambda: hm.map_forward(x, w), return_mode="median")
@@ -75,7 +77,8 @@ def sweep_map(B, H, T, reps):
                   + (f"fwd {row['fwd_ms']:.4f} ms  bwd {row['bwd_dz_ms']:.4f} ms" if "fwd_ms" in row
                      else row["error"][:200]), flush=True)  # fmt: skip
     finally:
-        hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._PROGRAMS_PER_SM = saved
+        (hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._WARPS_ADD_DX, hm._STAGES_ADD_DX,
+         hm._PROGRAMS_PER_SM) = saved
     ok = [r for r in rows if "fwd_ms" in r]
     if ok:
         print("best fwd:", min(ok, key=lambda r: r["fwd_ms"]))

@@ -44,10 +44,14 @@ from ._utils import block, check_device, check_projection, check_tensor, dot_pre
 # (benchmarks/sweep_hybrid_plan.py --map, results/NVIDIA_H200-2026-12-01-sweep-map-stage2.json; tile x warps
 # x stages x programs per SM, medians of do_bench): forward best at 128-token tiles, 8 warps, 2 stages, one
 # program per SM (34.8 us per call; one tile per program as before, with Triton's default 3 stages: 42.8 us),
-# backward at 64-token tiles, 8 warps, 3 stages, one program per SM (48.8 us; as before: 70.3 us).
+# backward at 64-token tiles, 8 warps, 3 stages, one program per SM (48.8 us; as before: 70.3 us). The
+# backward that also adds dz W^T into x's gradient (ADD_DX, stage 2) reads and writes that [BT, K] tile too,
+# and swept on its own (...-sweep-map-add-dx.json) it is fastest at 64-token tiles with 4 warps and 2 stages
+# (61.2 us; 88 us at the write-dz settings: 5.65 ms over an 8B stage-2 step, ...-8b-lora-2026-12-01-add-dx.json).
 _BT_FWD, _BT_BWD = 128, 64
 _NUM_WARPS = 8
 _STAGES_FWD, _STAGES_BWD = 2, 3
+_WARPS_ADD_DX, _STAGES_ADD_DX = 4, 2
 _PROGRAMS_PER_SM = 1
 _INTERPRETER_SMS = 4  # the CPU interpreter has no multiprocessors; any small count exercises the tiling
 
@@ -144,9 +148,9 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _launch_args(x, w, bt, stages):
+def _launch_args(x, w, bt, stages, warps=None):
     """(grid, TPP, compile-time and launch options): about _PROGRAMS_PER_SM programs per multiprocessor, each
-    walking TPP consecutive tiles of one (batch, head); at least one tile each."""
+    walking TPP consecutive tiles of one (batch, head); at least one tile each. warps: _NUM_WARPS if None."""
     B, H, T, K = x.shape
     FH = w.shape[-1]
     n_tiles = triton.cdiv(T, bt)
@@ -154,7 +158,7 @@ def _launch_args(x, w, bt, stages):
     tpp = triton.cdiv(n_tiles, per_head)
     grid = (triton.cdiv(n_tiles, tpp), B * H)
     return grid, tpp, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
-                           num_warps=_NUM_WARPS, num_stages=stages)  # fmt: skip
+                           num_warps=warps or _NUM_WARPS, num_stages=stages)  # fmt: skip
 
 
 def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
@@ -201,11 +205,11 @@ def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
     if dx is not None and (dx.shape != x.shape or dx.dtype != x.dtype or not dx.is_contiguous()):
         raise ValueError(f"dx must be contiguous with x's shape and dtype {tuple(x.shape)}, {x.dtype}; got "
                          f"{tuple(dx.shape)}, {dx.dtype}")  # fmt: skip
-    grid, tpp, meta = _launch_args(x, w, _BT_BWD, _STAGES_BWD)
+    add_dx = dx is not None
+    grid, tpp, meta = _launch_args(x, w, _BT_BWD, *((_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD,)))
     dz = x.new_empty(*x.shape[:3], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: a pointer never written
     hedgehog_map_bwd_kernel[grid](
-        x, w, dphi.contiguous(), dz, x if dx is None else dx, x.shape[2], tpp, WRITE_DZ=need_dz,
-        ADD_DX=dx is not None, **meta,
+        x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp, WRITE_DZ=need_dz, ADD_DX=add_dx, **meta,
     )  # fmt: skip
     return dz if need_dz else None
 
