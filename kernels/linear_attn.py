@@ -89,7 +89,10 @@ LINEAR_EPS = 1e-12
 # (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
 # (linear) and 0.04-2.4 KB (hybrid) per kernel, against 2.4-4.3 KB and up to 6.3 KB with 4 warps at 64-token
 # tiles; hence also the default chunk_size of 32 (benchmarks/README.md, "Register spills").
+# (8 warps, 3 stages) first: 4.6% faster than 2 stages for the hybrid kernels, which share this structure, at the
+# 8B stage-2 shape on an H200 (hybrid_attn.py); the autotuner times all three on the first call of each key.
 _CONFIGS = autotune_configs(
+    triton.Config({}, num_warps=8, num_stages=3),
     triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
 )
