@@ -6,12 +6,12 @@ Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` composed with
 ``lolcats_lab.attention.hybrid.naive_hybrid_attn``.
 
 Why one op: q and k each reach the output twice, through the window scores and through their feature map.
-Composed from two autograd ops, the backward writes the attention's dq, then the map's dz = d(q W) to
-memory, a GEMM writes dz W^T into a second tensor, and a third kernel adds the two (likewise for k). Here
-the map's backward kernel adds dz W^T into the attention's dq itself, from dz still in its registers
+Composed from two autograd ops, the backward writes the attention's dq, then the map's dz = d(q W) to memory,
+a GEMM writes dz W^T into a second tensor, and a third kernel adds the two (likewise for k). Here the map's
+backward kernel adds dz W^T into the attention's dq itself, from dz still in its registers
 (``hedgehog_map.map_backward(dx=...)``): no dz round trip, no GEMM launch, no second tensor, no add. dz is
-written only when the map's weight needs its gradient (stage 1). The saved tensors are those of the two-op form: q, k, v, the projections, fq, fk, the
-segment states, the output and its row statistics.
+written only when the map's weight needs its gradient (stage 1). The saved tensors are those of the two-op
+form: q, k, v, the projections, fq, fk, the segment states, the output and its row statistics.
 
 Shapes: q, k [B, H, T, K] (k with one head per query head, as after the GQA repeat the maps need); v
 [B, VH, T, D] with VH dividing H; wq, wk [H, K, f]; window_logit [H] -> y [B, H, T, D], laid out
@@ -24,41 +24,28 @@ import torch
 
 from ._utils import check_projection
 from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward, project_back
-from .hybrid_attn import HYBRID_EPS, RowStats, check_hybrid_args, hybrid_attn_bwd, hybrid_attn_fwd
+from .hybrid_attn import HYBRID_EPS, check_hybrid_args, save_forward, saved_backward
 
 
 class HedgehogHybridFunction(torch.autograd.Function):
     """Forward: the two maps, then the hybrid forward. Backward: the hybrid backward, then each map's
-    backward through its softmaxes and a GEMM that adds its dx into the attention's."""
+    backward kernel, which adds its dx into the attention's (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, wq, wk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size,
-                segment_chunks):  # fmt: skip
+    def forward(ctx, q, k, v, wq, wk, window_logit, *cfg):
         fq, fk = map_forward(q, wq), map_forward(k, wk)  # [B, H, T, 2f] in q's dtype
-        gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
-        o, (s0, z0, cps), row = hybrid_attn_fwd(
-            q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
-            chunk_size=chunk_size, segment_chunks=segment_chunks, stats=any(ctx.needs_input_grad[:6]),
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, wq, wk, fq, fk, gamma, s0, z0, *((o, *row) if row else ()))
-        ctx.cps = cps
-        ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
-        ctx.logit_dtype = window_logit.dtype
-        return o
+        return save_forward(ctx, q, k, v, fq, fk, window_logit, *cfg, extra=(wq, wk))
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, wq, wk, fq, fk, gamma, s0, z0, o, *row = ctx.saved_tensors
-        dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
-            q, k, v, fq, fk, gamma, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
-        )
+        (wq, wk), (q, k), (dq, dk, dv, dfq, dfk, d_logit) = saved_backward(ctx, do)
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
         dwq = dwk = None
         if need_q or need_wq:
             dq, dwq = _map_backward(q, wq, dfq, dq, need_q, need_wq)
         if need_k or need_wk:
             dk, dwk = _map_backward(k, wk, dfk, dk, need_k, need_wk)
-        return dq, dk, dv, dwq, dwk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None, None
+        return dq, dk, dv, dwq, dwk, d_logit, None, None, None, None, None, None, None
 
 
 def _map_backward(x, w, dphi, dx_attn, need_x: bool, need_w: bool):

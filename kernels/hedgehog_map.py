@@ -4,13 +4,14 @@ Math (SPEC.md "Hedgehog feature map"), per batch element, head h and token:
 
     phi(x) = clamp(concat(softmax(x W_h), softmax(-x W_h)), min=1e-12)        x [K], W_h [K, f], phi [2f]
 
-Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` (PyTorch, which the module runs in fp32: for bf16
-inputs it reads x, writes an fp32 copy, the projection, two softmaxes, the concatenation and the clamp,
-and autograd keeps the fp32 softmax outputs for the backward). Here a program loads W_h once and walks a
-run of tiles of BT tokens of one (batch, head) (see _PROGRAMS_PER_SM); per tile it takes z = x W_h
-[BT, f] in one dot, computes both softmaxes in registers and writes phi in x's dtype as two contiguous
-halves (softmax(z), then softmax(-z): SPEC order); autograd saves only x. The backward recomputes the softmaxes and writes dz = d(x W_h) [B, H, T, f] in x's dtype;
-the projection's backward then runs as two GEMMs (:func:`project_back`).
+Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` (PyTorch, which the module runs in fp32: for bf16 inputs
+it reads x, writes an fp32 copy, the projection, two softmaxes, the concatenation and the clamp, and autograd
+keeps the fp32 softmax outputs for the backward). Here a program loads W_h once and walks a run of tiles of BT
+tokens of one (batch, head) (see _PROGRAMS_PER_SM); per tile it takes z = x W_h [BT, f] in one dot, computes
+both softmaxes in registers and writes phi in x's dtype as two contiguous halves (softmax(z), then
+softmax(-z): SPEC order); autograd saves only x. The backward recomputes the softmaxes and writes dz = d(x
+W_h) [B, H, T, f] in x's dtype; the projection's backward then runs as two GEMMs (:func:`project_back`).
+Given x's gradient so far (``map_backward(dx=...)``), the backward instead adds dz W_h^T into it itself.
 
 Unlike the fused attention kernels, which keep the two halves interleaved (pos_0, neg_0, ...) because only
 dot products over F are taken there, this kernel's output is read by others, so it is written in SPEC

@@ -652,31 +652,44 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     return dq, dk, dv, dfq, dfk, d_logit
 
 
+def save_forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size, segment_chunks,
+                 extra=()):  # fmt: skip
+    """The forward of an autograd.Function around the hybrid: runs hybrid_attn_fwd (row statistics only when
+    a gradient is wanted) and saves on ctx what :func:`saved_backward` needs, after the ``extra`` tensors of
+    the calling op. Returns y."""
+    gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
+    o, (s0, z0, cps), row = hybrid_attn_fwd(
+        q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+        chunk_size=chunk_size, segment_chunks=segment_chunks, stats=any(ctx.needs_input_grad),
+    )  # fmt: skip
+    ctx.save_for_backward(*extra, q, k, v, fq, fk, gamma, s0, z0, *((o, *row) if row else ()))
+    ctx.n_extra, ctx.cps, ctx.logit_dtype = len(extra), cps, window_logit.dtype
+    ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
+    return o
+
+
+def saved_backward(ctx, do):
+    """The backward from what :func:`save_forward` saved: (the extra tensors, (q, k), (dq, dk, dv, dfq, dfk,
+    d window_logit in the logit's dtype))."""
+    saved = ctx.saved_tensors
+    extra, (q, k, v, fq, fk, gamma, s0, z0, o, *row) = saved[: ctx.n_extra], saved[ctx.n_extra :]
+    dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
+        q, k, v, fq, fk, gamma, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
+    )
+    return extra, (q, k), (dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype))
+
+
 class HybridAttnFunction(torch.autograd.Function):
     """Autograd wrapper; saves the inputs, the segment start states, the output and the forward's row
     statistics (RowStats)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, scale, eps, chunk_size,
-                segment_chunks):  # fmt: skip
-        gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
-        o, (s0, z0, cps), row = hybrid_attn_fwd(
-            q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
-            chunk_size=chunk_size, segment_chunks=segment_chunks, stats=any(ctx.needs_input_grad[:6]),
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, fq, fk, gamma, s0, z0, *((o, *row) if row else ()))
-        ctx.cps = cps
-        ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
-        ctx.logit_dtype = window_logit.dtype
-        return o
+    def forward(ctx, q, k, v, fq, fk, window_logit, *cfg):
+        return save_forward(ctx, q, k, v, fq, fk, window_logit, *cfg)
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, fq, fk, gamma, s0, z0, o, *row = ctx.saved_tensors
-        dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
-            q, k, v, fq, fk, gamma, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
-        )
-        return dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype), None, None, None, None, None, None, None
+        return *saved_backward(ctx, do)[2], None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------- public op
