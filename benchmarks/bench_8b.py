@@ -416,6 +416,33 @@ def profile_kernels(step, device: torch.device, top: int = 40) -> dict:
                 top_kernels_ms={k: round(v, 3) for k, v in ranked[:top]})
 
 
+def host_side(step, device: torch.device) -> dict:
+    """What the host does in one call of ``step`` (a forward + backward): ``issue_ms``, the host time from a
+    synchronised start until ``step`` returns (the launches queued, the GPU still working: when it is near
+    the GPU time the step waits on the host), and ``syncs``, the operations that made the host wait for the
+    GPU inside it (``torch.cuda.set_sync_debug_mode``: each one empties the GPU's queue). CUDA only."""
+    import time
+    import warnings
+
+    if device.type != "cuda":
+        return {}
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    issue = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    syncs = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message)]
+    return dict(issue_ms=round(issue * 1e3, 2), syncs=len(syncs), sync_messages=sorted(set(syncs))[:10])
+
+
 def section_lora(ctx) -> dict:
     import warnings
 
@@ -460,8 +487,9 @@ def section_lora(ctx) -> dict:
                     step = med(clock.intervals(None, skip=a.warmup))
                     row.update(step_ms=round(step * 1e3, 1), tokens_per_s=round(B * a.seq / step), peak_gib=gib(peak),
                                losses=[round(r["loss"], 4) for r in clock.records[None]])
-                    if not ckpt:  # where a step's GPU time goes, per kernel
+                    if not ckpt:  # where a step's GPU time goes, per kernel; what the host does meanwhile
                         row["profile"] = profile_kernels(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
+                        row["host"] = host_side(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
                     log(ctx, f"c: LoRA {mode} ckpt={ckpt}: {row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB")
                 except Exception as err:  # noqa: BLE001
                     row["error"] = err_str(err)

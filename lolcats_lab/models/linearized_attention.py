@@ -51,6 +51,18 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
+def _cache_argument(bound: dict, extra: dict):
+    """The generation cache handed to the attention module, or None: transformers >= 5.24 names it ``cache``,
+    earlier 5.x releases ``past_key_values`` (still accepted as a deprecated keyword, which then arrives
+    among the extra keyword arguments). Removes it from ``extra`` so it is not passed on twice."""
+    for name in ("cache", "past_key_values"):
+        if bound.get(name) is not None:
+            return bound[name]
+        if extra.get(name) is not None:
+            return extra.pop(name)
+    return None
+
+
 def linearized_attention(
     q, k, v, fq, fk, window_logit, key_mask=None, *, pure_linear: bool, window: int, kind: str, causal: bool,
     sink_tokens: int, scale: float, impl: str = "auto", return_map: bool = False,
@@ -159,7 +171,7 @@ class LinearizedAttention(nn.Module):
         bound = self._signature.bind(hidden_states, *args, **kwargs).arguments
         extra = dict(bound.pop("kwargs", {}))
         attention_mask = bound.get("attention_mask")
-        cache = bound.get("past_key_values")
+        cache = _cache_argument(bound, extra)
         q, k, v = self._qkv(hidden_states, bound.get("position_embeddings"))  # [B, H, T, D], [B, Hkv, T, D]
         if self.mode == "transfer":
             return self._transfer(q, k, v, attention_mask, cache, extra)
