@@ -163,3 +163,19 @@ def test_cache_errors(llama_dir):
             model(input_ids=ids[:, 6:], past_key_values=soft_cache, use_cache=True)
     with pytest.raises(NotImplementedError, match=r"beam search"):
         model.generate(input_ids=ids[:1], max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
+
+
+def test_cache_argument_under_both_transformers_names():
+    """transformers >= 5.24 hands the attention module ``cache=``, earlier 5.x ``past_key_values=`` (and
+    5.24 still accepts that as a deprecated keyword, which lands among the extra kwargs): the layer finds
+    the cache under either name and takes it out of the extras; no cache gives None."""
+    from transformers import DynamicCache
+
+    from lolcats_lab.models.linearized_attention import _cache_argument
+
+    cache = DynamicCache()  # empty: falsy under len(), must still be found
+    assert _cache_argument({"cache": cache}, {}) is cache
+    assert _cache_argument({"past_key_values": cache}, {}) is cache
+    extra = {"past_key_values": cache, "output_attentions": False}
+    assert _cache_argument({"cache": None}, extra) is cache and extra == {"output_attentions": False}
+    assert _cache_argument({"cache": None}, {}) is None
