@@ -103,9 +103,9 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("sweep_hybrid_plan.py needs a CUDA GPU; nothing to do here.")
         return 0
-    if args.map:
-        from bench_attention import environment
+    from bench_attention import environment
 
+    if args.map:
         rows = sweep_map(args.batch, args.heads, args.length, args.reps)
         if args.out:
             shape = dict(batch=args.batch, heads=args.heads, length=args.length, head_dim=128, f=64, dtype="bf16")
@@ -113,7 +113,6 @@ def main(argv=None):
             print(f"wrote {args.out}")
         return 0
     import lolcats_lab.kernels.hybrid_attn as ha
-    from bench_attention import environment
 
     B, H, T = args.batch, args.heads, args.length
     xs = hybrid_inputs(B, H, T, 128, 128, "cuda")

@@ -56,11 +56,6 @@ def _map_backward(x, w, dphi, dx_attn, need_x: bool, need_w: bool):
     return (dx_attn if need_x else None), dw
 
 
-def hedgehog_hybrid_fits(head_dim: int, feature_dim: int) -> bool:
-    """Whether the map kernel takes these sizes (see hedgehog_map.hedgehog_map_fits)."""
-    return hedgehog_map_fits(head_dim, feature_dim)
-
-
 def hedgehog_hybrid_attn(
     q, k, v, wq, wk, window_logit, *, window: int, kind: str = "tk", sink_tokens: int = 0,
     scale: float | None = None, eps: float = HYBRID_EPS, chunk_size: int = 32, segment_chunks: int | None = None,
@@ -86,7 +81,7 @@ def hedgehog_hybrid_attn(
     check_projection("wk", wk, "k", k)
     if wq.shape != wk.shape:
         raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
-    if not hedgehog_hybrid_fits(q.shape[-1], wq.shape[-1]):
+    if not hedgehog_map_fits(q.shape[-1], wq.shape[-1]):
         raise ValueError(
             f"the Triton Hedgehog map takes head_dim <= 128 and feature_dim <= 128, got {q.shape[-1]} and "
             f"{wq.shape[-1]}; compute the features with lolcats_lab.feature_maps.hedgehog_phi and call hybrid_attn"

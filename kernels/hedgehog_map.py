@@ -149,9 +149,9 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _launch_args(x, w, bt, stages, warps=None):
+def _launch_args(x, w, bt, stages, warps):
     """(grid, TPP, compile-time and launch options): about _PROGRAMS_PER_SM programs per multiprocessor, each
-    walking TPP consecutive tiles of one (batch, head); at least one tile each. warps: _NUM_WARPS if None."""
+    walking TPP consecutive tiles of one (batch, head); at least one tile each."""
     B, H, T, K = x.shape
     FH = w.shape[-1]
     n_tiles = triton.cdiv(T, bt)
@@ -159,7 +159,7 @@ def _launch_args(x, w, bt, stages, warps=None):
     tpp = triton.cdiv(n_tiles, per_head)
     grid = (triton.cdiv(n_tiles, tpp), B * H)
     return grid, tpp, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(x.dtype),
-                           num_warps=warps or _NUM_WARPS, num_stages=stages)  # fmt: skip
+                           num_warps=warps, num_stages=stages)  # fmt: skip
 
 
 def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
@@ -191,7 +191,7 @@ def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
 
 def map_forward(x, w):
     """Launch the forward: phi [B, H, T, 2f] in x's dtype (x contiguous [B, H, T, K], w [H, K, f])."""
-    grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD)
+    grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD, _NUM_WARPS)
     phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
     hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], tpp, **meta)
     return phi
@@ -207,7 +207,8 @@ def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
         raise ValueError(f"dx must be contiguous with x's shape and dtype {tuple(x.shape)}, {x.dtype}; got "
                          f"{tuple(dx.shape)}, {dx.dtype}")  # fmt: skip
     add_dx = dx is not None
-    grid, tpp, meta = _launch_args(x, w, _BT_BWD, *((_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD,)))
+    stages, warps = (_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD, _NUM_WARPS)
+    grid, tpp, meta = _launch_args(x, w, _BT_BWD, stages, warps)
     dz = x.new_empty(*x.shape[:3], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: a pointer never written
     hedgehog_map_bwd_kernel[grid](
         x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp, WRITE_DZ=need_dz, ADD_DX=add_dx, **meta,

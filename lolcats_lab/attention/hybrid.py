@@ -313,6 +313,14 @@ def chunk_hybrid_attn(
     return y.view(B, H, P, Dv)[:, :, :T].to(v.dtype)  # [B, H, T, Dv]
 
 
+def auto_uses_triton(q: torch.Tensor, *, causal: bool, key_mask, window: int, sink_tokens: int) -> bool:
+    """Whether ``hybrid_attn(..., impl="auto")`` runs the Triton kernel for these inputs: causal fp16/bf16
+    CUDA tensors without a key mask (``dispatch.triton_supported``), with window keys or no sinks."""
+    from .dispatch import triton_supported
+
+    return triton_supported(q, causal=causal, key_mask=key_mask) and (window > 0 or sink_tokens == 0)
+
+
 def hybrid_attn(
     q, k, v, fq, fk, window_logit, *, window, kind="tk", causal=True, sink_tokens=0, key_mask=None, scale=None,
     eps: float = HYBRID_EPS, impl: str = "auto",
@@ -322,10 +330,8 @@ def hybrid_attn(
     check_impl(impl, ("auto", "naive", "chunk", "triton"))
     kw = dict(window=window, kind=kind, causal=causal, sink_tokens=sink_tokens, key_mask=key_mask, scale=scale, eps=eps)
     if impl == "auto":
-        from .dispatch import triton_supported
-
-        triton_ok = triton_supported(q, causal=causal, key_mask=key_mask) and (window > 0 or sink_tokens == 0)
-        impl = "triton" if triton_ok else "chunk"
+        on_triton = auto_uses_triton(q, causal=causal, key_mask=key_mask, window=window, sink_tokens=sink_tokens)
+        impl = "triton" if on_triton else "chunk"
     if impl == "naive":
         return naive_hybrid_attn(q, k, v, fq, fk, window_logit, **kw)
     if impl == "chunk":

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..attention.hybrid import hybrid_attn, naive_hybrid_attn
+from ..attention.hybrid import auto_uses_triton, hybrid_attn, naive_hybrid_attn
 from ..attention.linear import linear_attn, naive_linear_attn
 from ..attention.softmax import softmax_attn
 from ..feature_maps import make_feature_map
@@ -205,9 +205,13 @@ class LinearizedAttention(nn.Module):
     def _features(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """GQA repeat, then the feature maps. Returns k, v [B, H, T, D] and fq, fk [B, H, T, F] in q's dtype
         (the maps compute in fp32 internally; the Triton kernels need one dtype for q, k, v, fq, fk)."""
-        n_rep = self.num_heads // self.num_kv_heads
-        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+        k, v = self._repeat_kv_heads(k, v)
         return k, v, self.q_map(q), self.k_map(k)
+
+    def _repeat_kv_heads(self, k: torch.Tensor, v: torch.Tensor):
+        """k, v [B, Hkv, T, D] -> [B, H, T, D]: each key/value head repeated for its query group."""
+        n_rep = self.num_heads // self.num_kv_heads
+        return _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
 
     def _kw(self) -> dict:
         return dict(window=self.window, kind=self.kind, causal=self.causal, sink_tokens=self.sink_tokens, scale=self.scaling)
@@ -245,20 +249,18 @@ class LinearizedAttention(nn.Module):
             return False
         if not (q.is_cuda and self.q_map._use_triton(q) and self.k_map._use_triton(q)):
             return False
-        if self.impl == "triton":
-            return True
-        from ..attention.dispatch import triton_supported
-
-        return self.impl == "auto" and triton_supported(q, causal=True, key_mask=None)
+        return self.impl == "triton" or (
+            self.impl == "auto"
+            and auto_uses_triton(q, causal=True, key_mask=None, window=self.window, sink_tokens=self.sink_tokens)
+        )
 
     def _fused_hedgehog_hybrid(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """y [B, H, T, D] from the one-op kernel: equal to ``linearized(q, *features)``, with each map's
-        gradient added into the attention's dq / dk by the GEMM that computes it (no separate adds)."""
+        gradient added into the attention's dq / dk by the map's backward kernel (no separate adds)."""
         from ..kernels import triton_hedgehog_hybrid_attn
 
-        n_rep = self.num_heads // self.num_kv_heads
         return triton_hedgehog_hybrid_attn(
-            q, _repeat_kv(k, n_rep), _repeat_kv(v, n_rep), self.q_map.weight, self.k_map.weight, self.window_logit,
+            q, *self._repeat_kv_heads(k, v), self.q_map.weight, self.k_map.weight, self.window_logit,
             window=self.window, kind=self.kind, sink_tokens=self.sink_tokens, scale=self.scaling,
         )  # fmt: skip
 

@@ -130,9 +130,20 @@ def test_map_programs_walking_several_tiles(monkeypatch, programs_per_sm):
     monkeypatch.setattr(hm, "_BT_BWD", 16)
     monkeypatch.setattr(hm, "_PROGRAMS_PER_SM", programs_per_sm)
     x, w, dphi = _case(2, 3, 100, 16, 8, torch.float32, seed=programs_per_sm)
-    grid, tpp, _ = hm._launch_args(x, w, 16, 2)
+    grid, tpp, _ = hm._launch_args(x, w, 16, 2, 8)
     assert (grid, tpp) == (((1, 6), 7) if programs_per_sm == 1 else ((3, 6), 3)) or DEVICE == "cuda"
     want = _run(hedgehog_phi, x, w, dphi)
     got = _run(triton_hedgehog_map, x, w, dphi)
     for name, a, b in zip(("phi", "dx", "dw"), want, got):
         check_close(name, a, b, **TOLERANCES[torch.float32])
+
+
+def test_map_backward_rejects_a_gradient_it_cannot_add_into():
+    """map_backward(dx=...) adds in place into a contiguous tensor of x's shape and dtype, and says so."""
+    from lolcats_lab.kernels.hedgehog_map import map_backward
+
+    x, w, dphi = _case(1, 2, 20, 16, 8, torch.float32, seed=5)
+    with pytest.raises(ValueError, match=r"dx must be contiguous with x's shape and dtype \(1, 2, 20, 16\)"):
+        map_backward(x, w, dphi, dx=torch.zeros(1, 2, 20, 8, device=DEVICE))
+    with pytest.raises(ValueError, match=r"dx must be contiguous"):
+        map_backward(x, w, dphi, dx=torch.zeros(1, 2, 16, 20, device=DEVICE).transpose(2, 3))
