@@ -72,7 +72,7 @@ for step in "$@"; do
         decode)
             run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
         profile)
-            run 150 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
+            run 200 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)

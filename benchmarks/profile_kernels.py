@@ -26,12 +26,48 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_ms_per_op  # noqa: E402
 from bench_attention import environment, make_providers  # noqa: E402
 
-OPS = ("triton_linear", "triton_hedgehog_f64", "triton_hybrid_tk", "sdpa")
+OPS = ("triton_linear", "triton_hedgehog_f64", "triton_hybrid_tk", "sdpa", "stage2_layer", "stage2_sdpa")
+# the 8B stage-2 attention call (bench_8b.py section c): batch 4, 32 query heads, 8 key/value heads, head dim 128,
+# Hedgehog 64 -> 128 features, tk window 64; "stage2_layer" is what a converted layer runs (GQA repeat, then
+# the one-op maps + hybrid), "stage2_sdpa" the softmax layer's SDPA on the same q, k, v
+STAGE2 = dict(B=4, H=32, KVH=8, D=128, f=64, window=64)
 
 
-def fwd_bwd_call(make, fn, T):
-    """A no-argument callable running one forward+backward of ``fn`` on inputs ``make(T)`` (fixed dy)."""
-    xs = [x.requires_grad_() if x.is_floating_point() else x for x in make(T)]
+def stage2_providers():
+    """name -> (make_inputs(T), fn) for the stage-2 attention call, as make_providers' entries (no reference)."""
+    import torch.nn.functional as Fn
+
+    from lolcats_lab.kernels import triton_hedgehog_hybrid_attn
+
+    B, H, KVH, D, f = (STAGE2[k] for k in ("B", "H", "KVH", "D", "f"))
+    rep = H // KVH
+
+    def make(T):
+        dev, dt = "cuda", torch.bfloat16
+        q = torch.randn(B, T, H, D, device=dev, dtype=dt).transpose(1, 2).contiguous()  # [B, H, T, D]
+        k, v = (torch.randn(B, T, KVH, D, device=dev, dtype=dt).transpose(1, 2) for _ in range(2))  # [B, KVH, T, D]
+        w = [0.1 * torch.randn(H, D, f, device=dev) for _ in range(2)]
+        return [q, k, v, *w, torch.full((H,), -2.0, device=dev)]
+
+    def layer(q, k, v, wq, wk, logit):
+        k, v = (x.repeat_interleave(rep, dim=1) for x in (k, v))  # [B, H, T, D]
+        return triton_hedgehog_hybrid_attn(q, k, v, wq, wk, logit, window=STAGE2["window"], kind="tk")
+
+    def sdpa(q, k, v, *_):
+        return Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    return {"stage2_layer": (make, layer, None), "stage2_sdpa": (make, sdpa, None)}
+
+
+N_GRAD = {"stage2_layer": 3, "stage2_sdpa": 3}  # stage 2 trains LoRA: q, k, v get gradients, the maps do not
+
+
+def fwd_bwd_call(make, fn, T, n_grad=None):
+    """A no-argument callable running one forward+backward of ``fn`` on inputs ``make(T)`` (fixed dy), with a
+    gradient for the first ``n_grad`` floating inputs (None: all)."""
+    xs = make(T)
+    n_grad = len(xs) if n_grad is None else n_grad
+    xs = [x.requires_grad_() if x.is_floating_point() and i < n_grad else x for i, x in enumerate(xs)]
     do = torch.randn_like(fn(*xs))
 
     def run():
@@ -42,8 +78,8 @@ def fwd_bwd_call(make, fn, T):
     return run
 
 
-def profile_one(make, fn, T):
-    run = fwd_bwd_call(make, fn, T)
+def profile_one(make, fn, T, n_grad=None):
+    run = fwd_bwd_call(make, fn, T, n_grad)
     for _ in range(3):
         run()
     torch.cuda.synchronize()
@@ -58,14 +94,14 @@ def profile_one(make, fn, T):
     return wall_ms, device_ms_per_op(run, cuda=True)
 
 
-def host_profile(make, fn, T, reps=200, top=20):
+def host_profile(make, fn, T, n_grad=None, reps=200, top=20):
     """cProfile over ``reps`` fwd+bwd calls: host microseconds per call, total and per function (own time),
     the ``top`` functions."""
     import cProfile
     import pstats
     import time
 
-    run = fwd_bwd_call(make, fn, T)
+    run = fwd_bwd_call(make, fn, T, n_grad)
     for _ in range(5):
         run()
     torch.cuda.synchronize()
@@ -81,9 +117,19 @@ def host_profile(make, fn, T, reps=200, top=20):
     prof.disable()
     torch.cuda.synchronize()
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, ncalls, own s, cumulative s, callers)
-    rows = sorted(((own, n, f"{Path(k[0]).name}:{k[1]}:{k[2]}") for k, (_, n, own, _, _) in stats.items()), reverse=True)
-    return dict(host_us_per_call=round(host_us, 1),
-                top_own_us_per_call={name: round(own / reps * 1e6, 2) for own, _, name in rows[:top]})
+    rows = sorted(((own, n, cum, f"{Path(k[0]).name}:{k[1]}:{k[2]}") for k, (_, n, own, cum, _) in stats.items()),
+                  reverse=True)  # fmt: skip
+    ours = sorted(((cum, n, f"{Path(k[0]).parent.name}/{Path(k[0]).name}:{k[1]}:{k[2]}")
+                   for k, (_, n, _, cum, _) in stats.items() if "lolcats_lab" in k[0] or "/kernels/" in k[0]),
+                  reverse=True)  # fmt: skip
+    return dict(
+        host_us_per_call=round(host_us, 1),
+        top_own_us_per_call={name: round(own / reps * 1e6, 2) for own, _, _, name in rows[:top]},
+        # calls per fwd+bwd and cumulative us per fwd+bwd (inside cProfile, so inflated), e.g. Triton's
+        # JITFunction.run: how many launches and what each costs
+        top_own_calls={name: dict(calls=n / reps, cum_us=round(cum / reps * 1e6, 2)) for _, n, cum, name in rows[:top]},
+        ours_cum_us_per_call={name: dict(calls=n / reps, cum_us=round(cum / reps * 1e6, 2)) for cum, n, name in ours[:top]},
+    )
 
 
 def main(argv=None):
@@ -96,12 +142,12 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU; nothing to do here.")
         return 0
-    P = make_providers()
+    P = {**make_providers(), **stage2_providers()}
     rows = []
     for name in args.ops:
         make, fn, _ = P[name]
         for T in args.lengths:
-            wall, kernels = profile_one(make, fn, T)
+            wall, kernels = profile_one(make, fn, T, N_GRAD.get(name))
             total = sum(kernels.values())
             rows.append(dict(op=name, T=T, wall_ms=wall, kernel_sum_ms=total, kernels_ms=kernels))
             print(f"{name:<22} T={T:>6} wall {wall:8.3f} ms  kernels {total:8.3f} ms")
@@ -111,10 +157,12 @@ def main(argv=None):
     if args.host:
         for name in args.ops:
             make, fn, _ = P[name]
-            host[name] = h = host_profile(make, fn, args.lengths[0])
+            host[name] = h = host_profile(make, fn, args.lengths[0], N_GRAD.get(name))
             print(f"{name:<22} T={args.lengths[0]:>6} host {h['host_us_per_call']:8.1f} us per fwd+bwd")
             for k, us in list(h["top_own_us_per_call"].items())[:12]:
-                print(f"    {us:8.2f} us  {k}")
+                print(f"    {us:8.2f} us own  {h['top_own_calls'][k]['calls']:5.1f} calls  {k}")
+            for k, c in list(h["ours_cum_us_per_call"].items())[:12]:
+                print(f"    {c['cum_us']:8.2f} us cum  {c['calls']:5.1f} calls  {k}")
     if args.out:
         args.out.write_text(json.dumps(dict(env=environment(), rows=rows, host=host), indent=1))
         print(f"wrote {args.out}")
