@@ -487,9 +487,9 @@ def section_lora(ctx) -> dict:
                     step = med(clock.intervals(None, skip=a.warmup))
                     row.update(step_ms=round(step * 1e3, 1), tokens_per_s=round(B * a.seq / step), peak_gib=gib(peak),
                                losses=[round(r["loss"], 4) for r in clock.records[None]])
-                    if not ckpt:  # where a step's GPU time goes, per kernel; what the host does meanwhile
-                        row["profile"] = profile_kernels(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
-                        row["host"] = host_side(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
+                    # where a step's GPU time goes, per kernel; what the host does meanwhile
+                    row["profile"] = profile_kernels(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
+                    row["host"] = host_side(lambda: lm_loss(model, ids)[0].backward(), ctx.device)
                     log(ctx, f"c: LoRA {mode} ckpt={ckpt}: {row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB")
                 except Exception as err:  # noqa: BLE001
                     row["error"] = err_str(err)

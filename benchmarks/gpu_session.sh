@@ -14,6 +14,7 @@
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
 #   decode    the decode step alone (bench_attention.py --providers none)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
+#   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
@@ -73,6 +74,13 @@ for step in "$@"; do
             run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
         profile)
             run 200 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
+        profile-split)  # the hybrid backward split (window kernels + state scans) against its single-scan kernels
+            run 150 profile-split python3 benchmarks/profile_kernels.py --lengths 1024 16384 \
+                --ops triton_hybrid_tk stage2_layer stage2_sdpa --out "$OUT/profile-split.json"
+            run 150 profile-single python3 benchmarks/profile_kernels.py --lengths 1024 16384 --single-scan \
+                --ops triton_hybrid_tk stage2_layer --out "$OUT/profile-single.json"
+            run 150 profile-narrow python3 benchmarks/profile_kernels.py --lengths 1024 16384 --narrow-scans \
+                --ops triton_hybrid_tk stage2_layer --out "$OUT/profile-narrow.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)

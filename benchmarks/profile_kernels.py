@@ -138,7 +138,19 @@ def main(argv=None):
     ap.add_argument("--ops", nargs="*", default=list(OPS))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--host", action="store_true", help="cProfile of the host side at the first length")
+    ap.add_argument("--single-scan", action="store_true",
+                    help="the hybrid backward's single-scan kernels, not the split window/state form")
+    ap.add_argument("--narrow-scans", action="store_true",
+                    help="the split backward's state scans on 32-token tiles, not the forward's wide ones")
     args = ap.parse_args(argv)
+    if args.narrow_scans:
+        import lolcats_lab.kernels.hybrid_window_split as split_module
+
+        split_module.WIDE_STATE_TILES = False
+    if args.single_scan:
+        import lolcats_lab.kernels.hybrid_attn as hybrid_module
+
+        hybrid_module.SPLIT_WINDOW_BACKWARD = False
     if not torch.cuda.is_available():
         print("profile_kernels.py needs a CUDA GPU; nothing to do here.")
         return 0
@@ -164,7 +176,9 @@ def main(argv=None):
             for k, c in list(h["ours_cum_us_per_call"].items())[:12]:
                 print(f"    {c['cum_us']:8.2f} us cum  {c['calls']:5.1f} calls  {k}")
     if args.out:
-        args.out.write_text(json.dumps(dict(env=environment(), rows=rows, host=host), indent=1))
+        args.out.write_text(json.dumps(dict(env=environment(), split_window_backward=not args.single_scan,
+                                            wide_state_tiles=not args.narrow_scans, rows=rows,
+                                            host=host), indent=1))  # fmt: skip
         print(f"wrote {args.out}")
     return 0
 

@@ -77,6 +77,9 @@ from ._utils import (
 from .segments import bounds_tensor, plan_segments, segment_states
 
 HYBRID_EPS = 1e-12
+# window-only tiles without sinks take hybrid_window_split.py's backward (parallel window kernels and two
+# state scans) instead of the two single-scan kernels below; False restores those (benchmarks compare both)
+SPLIT_WINDOW_BACKWARD = True
 
 # Candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
 # (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
@@ -211,6 +214,20 @@ def _advance_state(fk, v, b_S, b_z, lo, hi, NS, F: tl.constexpr, V: tl.constexpr
         b_S += _dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
     return b_S, b_z
+
+
+@triton.jit
+def _advance_reverse_state(fq, do, SOT, den, dd, b_P, b_r, lo, hi, F: tl.constexpr, V: tl.constexpr,
+                           BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):  # fmt: skip
+    """P += sum_{lo <= i < hi} fq_i dn_i^T, r += sum dd_i fq_i (dn = dy / den; do's rows SOT apart)."""
+    for i0 in range(lo, hi, BT):
+        o_a = i0 + tl.arange(0, BT)
+        m_a = o_a < hi
+        b_fqa = _rows(fq, o_a, m_a, F, BF)
+        b_dna = _rows_s(do, o_a, m_a, SOT, V, BV) / tl.load(den + o_a, mask=m_a, other=1.0)[:, None]
+        b_P += _dot(tl.trans(b_fqa), b_dna, DT, PREC)
+        b_r += tl.sum(tl.load(dd + o_a, mask=m_a, other=0.0)[:, None] * b_fqa, 0)
+    return b_P, b_r
 
 
 @triton.jit
@@ -439,13 +456,7 @@ def hybrid_attn_bwd_dkv_kernel(
         o_j = c0 + tl.arange(0, BT)
         m_j = o_j < T
         Q1 = _reverse_start(c0, T, W, BT, TK)  # queries >= Q1 see every key of this tile as linear
-        for i0 in range(Q1, Q_done, BT):
-            o_a = i0 + tl.arange(0, BT)
-            m_a = o_a < Q_done
-            b_fqa = _rows(fq, o_a, m_a, F, BF)
-            b_dna = _rows_s(do, o_a, m_a, SOT, V, BV) / tl.load(den + o_a, mask=m_a, other=1.0)[:, None]
-            b_P += _dot(tl.trans(b_fqa), b_dna, DT, PREC)
-            b_r += tl.sum(tl.load(dd + o_a, mask=m_a, other=0.0)[:, None] * b_fqa, 0)
+        b_P, b_r = _advance_reverse_state(fq, do, SOT, den, dd, b_P, b_r, Q1, Q_done, F, V, BT, BF, BV, PREC, DT)
         Q_done = Q1
         b_k = _rows(k, o_j, m_j, K, BK)  # [BT, BK]
         b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
@@ -623,23 +634,44 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
     dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
+    from .hybrid_window_split import split_applies, split_backward  # imports this module's kernel helpers
+
+    if SPLIT_WINDOW_BACKWARD and split_applies(meta, sink_tokens):  # parallel window kernels + state scans
+        def reverse_states(dd):
+            return _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta)
+
+        split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, reverse_states, (dq, dk, dv, dfq, dfk, dd, dm),
+                       window=window, scale=scale, meta=meta)  # fmt: skip
+        return _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV)
     launch(
         hybrid_attn_bwd_dq_kernel, (n_seg, B * H),
         q, k, v, fq, fk, do, gamma, s0, z0, o, *o.stride()[:3], row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T,
         window, sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
-    bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, q.device)
-    # with one segment the sum is over no queries (its last key tile is linear for none: Q1 >= T), and
-    # segment_states returns zeros for an exclusive sum over one segment without a launch
-    p0, r0 = segment_states(
-        fq, None, do, bounds, H=H, GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"], BV=meta["BV"],
-        prec=meta["PREC"], lowp=meta["LOWP"], den=row.den, dd=dd, inclusive=n_seg > 1,
-    )  # fmt: skip
+    p0, r0 = _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta)
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
         q, k, v, fq, fk, do, *o.stride()[:3], gamma, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, T, window,
         sink_tokens, scale, n_seg, CPS=cps, **meta,
     )  # fmt: skip
+    return _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV)
+
+
+def _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta):
+    """(p0, r0): each dk/dv segment's starting reverse state (sum fq dn^T, sum dd fq over the queries that see
+    its last key tile as linear: _reverse_bounds)."""
+    bounds = _reverse_bounds(T, window, kind, chunk_size, cps, n_seg, fq.device)
+    # with one segment the sum is over no queries (its last key tile is linear for none: Q1 >= T), and
+    # segment_states returns zeros for an exclusive sum over one segment without a launch
+    return segment_states(
+        fq, None, do, bounds, H=meta["H"], GX=1, GY=1, FH=0, BT=chunk_size, BK=meta["BF"], BF=meta["BF"],
+        BV=meta["BV"], prec=meta["PREC"], lowp=meta["LOWP"], den=row.den, dd=dd, inclusive=n_seg > 1,
+    )  # fmt: skip
+
+
+def _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV):
+    """The per-query-head dk, dv summed over each key/value head's group; d window_logit from dM."""
+    B, H, T = dq.shape[:3]
     if GK > 1:
         dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
     if GV > 1:
@@ -758,3 +790,4 @@ def hybrid_attn(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,
         window, kind, sink_tokens, scale, eps, chunk_size, segment_chunks,
     )  # fmt: skip
+
