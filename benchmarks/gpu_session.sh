@@ -56,8 +56,8 @@ GPU_TESTS="tests/kernels tests/models/test_models_gpu.py tests/models/test_trito
 for step in "$@"; do
     case $step in
         tests|tests-half)
-            run 200 tests-half python3 -m pytest -m gpu $GPU_TESTS -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q
-            [ "$step" = tests ] && run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 \
+            run 300 tests-half python3 -m pytest -m gpu $GPU_TESTS -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q
+            [ "$step" = tests ] && run 300 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 \
                 -p no:cacheprovider -rA -q ;;
         tests-fp32)
             run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;

@@ -8,8 +8,8 @@ that decided tile sizes and warp counts here (see benchmarks/README.md). It does
     python benchmarks/kernel_resources.py                    # bf16, K = D = 128, tiles 32 and 64
     python benchmarks/kernel_resources.py --chunks 32 --out resources.json
 
-Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256), the segment
-state kernel; each with the autotune candidates (num_warps, num_stages) in the kernel modules.
+Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256; the single-scan
+backward and the split one of hybrid_window_split.py), the segment state kernel; each with the autotune candidates (num_warps, num_stages) in the kernel modules.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def _types():
 def cases(chunk: int):
     """(label, kernel, constexprs) for the shapes in the module docstring."""
     import lolcats_lab.kernels.hybrid_attn as ha
+    import lolcats_lab.kernels.hybrid_window_split as hs
     import lolcats_lab.kernels.linear_attn as la
     import lolcats_lab.kernels.segments as sg
 
@@ -104,6 +105,12 @@ def cases(chunk: int):
         yield f"hybrid F={F} fwd + row stats", ha.hybrid_attn_fwd_kernel, dict(ce, STATS=True)
         yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce
         yield f"hybrid F={F} bwd dk/dv", ha.hybrid_attn_bwd_dkv_kernel, ce
+        win = {n: ce[n] for n in ("H", "GK", "GV", "K", "V", "BT", "BK", "BV", "PREC", "LOWP")}
+        lin = {n: ce[n] for n in ("H", "GV", "F", "V", "BT", "BF", "BV", "PREC", "LOWP")}
+        yield f"hybrid F={F} split window dq", hs.window_dq_kernel, win
+        yield f"hybrid F={F} split window dk/dv", hs.window_dkv_kernel, win
+        yield f"hybrid F={F} split linear dk/dv", hs.linear_dkv_kernel, lin
+        yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
 
 
 def main(argv=None):
@@ -111,11 +118,14 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, nargs="*", default=[32, 64], help="token tiles (chunk_size) to compile")
     ap.add_argument("--configs", default="8x2,4x2", help="num_warps x num_stages candidates, comma separated")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--only", nargs="*", default=[], help="compile only the kernels whose label contains one of these")
     args = ap.parse_args(argv)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     rows = []
     for chunk in args.chunks:
         for label, kernel, ce in cases(chunk):
+            if args.only and not any(part in label for part in args.only):
+                continue
             for warps, stages in configs:
                 r = compile_resources(kernel, _types(), ce, warps, stages)
                 rows.append(dict(kernel=label, chunk=chunk, num_warps=warps, num_stages=stages, **r))

@@ -45,6 +45,10 @@ then makes one pass over each query tile's keys for dq, dfq and writes dd, dM ([
 (reverse scan over key tiles, with the reverse linear state P = sum fq dn^T, r = sum dd fq over the
 queries for which the whole key tile is linear) writes dk, dfk, dv.
 
+For window-only tiles without sinks (tk, the tile dividing the window) the backward instead runs
+``hybrid_window_split.py``: the window part as parallel kernels with no state, the linear part as two scans
+(measured faster; ``SPLIT_WINDOW_BACKWARD``). The two kernels here serve every other case.
+
 The gradient through M_i goes to the first maximising key (torch's ``amax`` splits it evenly among exact
 ties; with continuous inputs ties have probability zero, and both are valid subgradients).
 """
@@ -231,6 +235,17 @@ def _advance_reverse_state(fq, do, SOT, den, dd, b_P, b_r, lo, hi, F: tl.constex
 
 
 @triton.jit
+def _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V: tl.constexpr, BV: tl.constexpr):
+    """For query rows o_i, from dy, the output and the forward's row statistics: dn = dy / den [BT, BV],
+    dd = -dn . y and dM = -dy . u [BT] (y as returned; see the module docstring), M and its key [BT]."""
+    b_do = _rows_s(do, o_i, m_i, SOT, V, BV)  # [BT, BV]
+    b_dn = b_do / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
+    b_dd = -tl.sum(b_dn * _rows_s(o, o_i, m_i, SOT, V, BV), 1)
+    b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)
+    return b_dn, b_dd, b_dm, tl.load(mx + o_i, mask=m_i, other=0.0), tl.load(amax + o_i, mask=m_i, other=-1)
+
+
+@triton.jit
 def _dq_step(
     k, v, fk, b_q, b_fq, b_dn, b_dd, b_m, b_dq, b_dfq, o_i, j0, jend, T, W, NS, scale, gamma,
     K: tl.constexpr, F: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -391,12 +406,7 @@ def hybrid_attn_bwd_dq_kernel(
         L_done = L0
         b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
         b_fq = _rows(fq, o_i, m_i, F, BF)  # [BT, BF]
-        b_do = _rows_s(do, o_i, m_i, SOT, V, BV)  # [BT, BV]
-        b_dn = b_do / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]  # [BT, BV]
-        b_dd = -tl.sum(b_dn * _rows_s(o, o_i, m_i, SOT, V, BV), 1)  # [BT]: -dn . y (y as returned)
-        b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)  # [BT]: dM = -dy . u
-        b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
-        b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
+        b_dn, b_dd, b_dm, b_m, b_idx = _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V, BV)
         # one pass over the query tile's keys (sink tiles: window keys only)
         b_dq = tl.zeros([BT, BK], dtype=tl.float32)
         b_dfq = tl.zeros([BT, BF], dtype=tl.float32)
@@ -494,12 +504,17 @@ def _meta(q, k, fq, v, kind, window, chunk_size):
     own key range [L0, c0 + BT) and every key tile's query range [c0, Q1) hold window pairs only (a tile
     lies in one block b = c0 // w, whose window is blocks b - 1 and b), so the kernels skip those ranges'
     linear dots; only sink key tiles still mix both kinds."""
-    K, F, V = q.shape[-1], fq.shape[-1], v.shape[-1]
-    H = q.shape[1]
+    return _meta_for(q.shape[1], k.shape[1], v.shape[1], q.shape[-1], fq.shape[-1], v.shape[-1], q.dtype, kind,
+                     window, chunk_size)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # host time on every launch (13 us a call uncached on the CPU machine)
+def _meta_for(H, KH, VH, K, F, V, dtype, kind, window, chunk_size):
+    """_meta from shapes; one dict per shape class, shared by the calls: read it, never modify it."""
     return dict(
-        H=H, GK=H // k.shape[1], GV=H // v.shape[1], K=K, F=F, V=V,
-        BT=chunk_size, BK=block(K), BF=block(F), BV=block(V), TK=kind == "tk", PREC=dot_precision(q.dtype),
-        LOWP=q.dtype != torch.float32, WIN_ONLY=kind == "tk" and window % chunk_size == 0,
+        H=H, GK=H // KH, GV=H // VH, K=K, F=F, V=V,
+        BT=chunk_size, BK=block(K), BF=block(F), BV=block(V), TK=kind == "tk", PREC=dot_precision(dtype),
+        LOWP=dtype != torch.float32, WIN_ONLY=kind == "tk" and window % chunk_size == 0,
     )  # fmt: skip
 
 

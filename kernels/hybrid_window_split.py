@@ -46,6 +46,7 @@ from .hybrid_attn import (
     _dq_step,
     _linear_start,
     _reverse_start,
+    _row_gradients,
     forward_tile,
 )
 
@@ -92,12 +93,7 @@ def window_dq_kernel(
     o_i = c0 + tl.arange(0, BT)
     m_i = o_i < T
     b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
-    b_do = _rows_s(do, o_i, m_i, SOT, V, BV)  # [BT, BV]
-    b_dn = b_do / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]
-    b_dd = -tl.sum(b_dn * _rows_s(o, o_i, m_i, SOT, V, BV), 1)  # [BT]: -dn . y (y as returned)
-    b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)  # [BT]: dM = -dy . u
-    b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
-    b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
+    b_dn, b_dd, b_dm, b_m, b_idx = _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V, BV)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     kend = tl.minimum(c0 + BT, T)
     for j0 in range(_linear_start(c0, W, True), kend, BT):  # window keys only (LIN False: no fk, fq, dfq read)

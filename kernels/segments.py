@@ -25,6 +25,7 @@ the backward (see linear_attn.py), with den, dd [B, H, T] fp32 from the dq kerne
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,7 +34,7 @@ import triton.language as tl
 
 from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2, strided_head_offset
 from ._launch import launch
-from ._utils import autotune_configs, check_segment_chunks
+from ._utils import autotune_configs, check_segment_chunks, multiprocessors
 
 _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=8, num_stages=2),
@@ -112,7 +113,7 @@ def plan_segments(T: int, chunk_size: int, n_bh: int, device: torch.device, segm
     n_chunks = max(1, math.ceil(T / chunk_size))
     if segment_chunks is None:
         if device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            sms = multiprocessors(device)
             max_seg = max(1, n_chunks * chunk_size // _MIN_SEGMENT_TOKENS)
         else:
             sms = 4  # the CPU interpreter: a few short segments, so tests exercise the multi-segment path
@@ -146,6 +147,14 @@ def bounds_tensor(pairs, device) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.int32, device=device)
 
 
+@functools.lru_cache(maxsize=8)
+def zero_states(rows: int, n: int, device: torch.device) -> torch.Tensor:
+    """A zero state buffer [rows, 1, n] fp32 for one-segment plans, made once per shape and device and
+    shared: the kernels only read start states (an 8B stage-2 layer filled a fresh 8.4 MB one twice per
+    forward+backward). Never write into it."""
+    return torch.zeros(rows, 1, n, dtype=torch.float32, device=device)
+
+
 def split_states(states: torch.Tensor, BF: int, BV: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A state buffer [rows, NSEG, BF*BV + BF] -> views S [rows, NSEG, BF, BV] and z [rows, NSEG, BF]. The
     kernels read both through load_segment_state (segment blocks BF*BV + BF floats apart)."""
@@ -166,7 +175,7 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
     if y.stride(3) != 1:
         raise ValueError(f"y must have a contiguous last dim, got strides {y.stride()}")
     if n_seg == 1 and not inclusive:  # one segment starts from nothing: no sums to take
-        return split_states(x.new_zeros(B * H, 1, BF * BV + BF, dtype=torch.float32), BF, BV)
+        return split_states(zero_states(B * H, BF * BV + BF, x.device), BF, BV)
     states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
     S, z = split_states(states, BF, BV)
     reverse = den is not None

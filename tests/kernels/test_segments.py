@@ -87,3 +87,46 @@ def test_gpu_plan_keeps_segments_long(T):
     cps, n_seg = plan_segments(T, 32, 32, torch.device("cuda"))
     assert n_seg == 1 or cps * 32 >= _MIN_SEGMENT_TOKENS
     assert (n_seg - 1) * cps * 32 < T <= n_seg * cps * 32
+
+
+def test_one_segment_start_states_are_shared_zeros_left_unwritten(monkeypatch):
+    """A one-segment plan starts from a cached zero buffer (segments.zero_states) instead of a fresh one
+    per call; the kernels only read start states. After a hybrid and a linear forward+backward on one
+    segment each (forward and reverse states both take that path), every buffer handed out is still all
+    zero, the second call got the same buffers, and its gradients equal the first's."""
+    from lolcats_lab.kernels import segments, triton_hybrid_attn, triton_linear_attn
+
+    segments.zero_states.cache_clear()
+    handed_out = []
+    real = segments.zero_states
+    monkeypatch.setattr(segments, "zero_states", lambda *a: handed_out.append(real(*a)) or handed_out[-1])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 8, generator=g).to(DEVICE) for _ in range(3))
+    fq, fk = (torch.rand(1, 2, 40, 8, generator=g).to(DEVICE) for _ in range(2))
+    logit = torch.zeros(2, device=DEVICE)
+
+    def grads():
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, fq, fk, logit)]
+        y = triton_hybrid_attn(*leaves, window=16, kind="tk", chunk_size=16, segment_chunks=10)
+        y2 = triton_linear_attn(*leaves[3:5], leaves[2], chunk_size=16, segment_chunks=10)
+        ((y * y).sum() + (y2 * y2).sum()).backward()
+        return [x.grad.clone() for x in leaves]
+
+    first = grads()
+    n_first = len(handed_out)
+    second = grads()
+    assert n_first >= 2 and len(handed_out) == 2 * n_first  # forward and reverse states, in both calls
+    assert all(a is b for a, b in zip(handed_out[:n_first], handed_out[n_first:]))  # shared, not re-made
+    assert all(int(torch.count_nonzero(b)) == 0 for b in handed_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_block_is_the_next_power_of_two_with_a_floor():
+    import triton
+
+    from lolcats_lab.kernels._utils import block
+
+    for n in range(1, 600):
+        assert block(n) == max(16, triton.next_power_of_2(n)), n
+        assert block(n, 1) == triton.next_power_of_2(n), n
