@@ -652,10 +652,7 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     from .hybrid_window_split import split_applies, split_backward  # imports this module's kernel helpers
 
     if SPLIT_WINDOW_BACKWARD and split_applies(meta, sink_tokens):  # parallel window kernels + state scans
-        def reverse_states(dd):
-            return _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta)
-
-        split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, reverse_states, (dq, dk, dv, dfq, dfk, dd, dm),
+        split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, (dq, dk, dv, dfq, dfk, dd, dm),
                        window=window, scale=scale, meta=meta)  # fmt: skip
         return _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV)
     launch(
@@ -805,4 +802,3 @@ def hybrid_attn(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,
         window, kind, sink_tokens, scale, eps, chunk_size, segment_chunks,
     )  # fmt: skip
-

@@ -46,6 +46,7 @@ from .hybrid_attn import (
     _dq_step,
     _linear_start,
     _reverse_start,
+    _reverse_states,
     _row_gradients,
     forward_tile,
 )
@@ -224,10 +225,10 @@ def split_applies(meta: dict, sink_tokens: int) -> bool:
     return bool(meta["WIN_ONLY"]) and sink_tokens == 0
 
 
-def split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, reverse_states, grads, *, window, scale, meta):
+def split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, grads, *, window, scale, meta):
     """Launch the five steps of the module docstring. ``row``: the forward's RowStats; (s0, z0, cps): its
-    segment start states and tiles per segment; ``reverse_states(dd)`` -> (p0, r0), the reverse segment
-    states from dd; ``grads``: the output buffers (dq, dk, dv, dfq, dfk, dd, dm) to fill."""
+    segment start states and tiles per segment (of meta's BT tokens); ``grads``: the output buffers (dq, dk,
+    dv, dfq, dfk, dd, dm) to fill."""
     B, H, T, _ = q.shape
     dq, dk, dv, dfq, dfk, dd, dm = grads
     n_seg, BT = s0.shape[1], meta["BT"]
@@ -235,22 +236,22 @@ def split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, reverse_stat
     lin = {name: meta[name] for name in ("H", "GV", "F", "V", "BF", "BV", "PREC", "LOWP")}
     # the scans walk the forward's tile (64 tokens where the window allows: hybrid_attn.forward_tile) over the
     # same segments: a state step per tile, so half the dependent steps of 32-token tiles
-    lin["BT"], cps = forward_tile(BT, window, "tk", cps, n_seg) if WIDE_STATE_TILES else (BT, cps)
+    lin["BT"], lin_cps = forward_tile(BT, window, "tk", cps, n_seg) if WIDE_STATE_TILES else (BT, cps)
     tiles = (triton.cdiv(T, BT), B * H)
     launch(
         window_dq_kernel, tiles,
         q, k, v, do, gamma, o, *o.stride()[:3], row.u, dq, row.den, dd, row.mx, row.amax, dm, T, window, scale, **win,
     )  # fmt: skip
-    p0, r0 = reverse_states(dd)
+    p0, r0 = _reverse_states(fq, do, row, dd, T, window, "tk", BT, cps, n_seg, meta)  # needs dd
     launch(
         window_dkv_kernel, tiles,
         q, k, v, do, *o.stride()[:3], gamma, row.den, dd, row.mx, row.amax, dm, dk, dv, T, window, scale, **win,
     )  # fmt: skip
     launch(
         linear_dkv_kernel, (n_seg, B * H),
-        fq, fk, v, do, *o.stride()[:3], p0, r0, row.den, dd, dfk, dv, T, window, n_seg, CPS=cps, **lin,
+        fq, fk, v, do, *o.stride()[:3], p0, r0, row.den, dd, dfk, dv, T, window, n_seg, CPS=lin_cps, **lin,
     )  # fmt: skip
     launch(
         linear_dq_kernel, (n_seg, B * H),
-        fk, v, do, *o.stride()[:3], s0, z0, row.den, dd, dfq, T, window, n_seg, CPS=cps, **lin,
+        fk, v, do, *o.stride()[:3], s0, z0, row.den, dd, dfq, T, window, n_seg, CPS=lin_cps, **lin,
     )  # fmt: skip
