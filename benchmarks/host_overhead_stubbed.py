@@ -42,24 +42,13 @@ def stub_launches() -> None:
 
 
 def stage2_call(T: int):
-    """One forward+backward of a converted Llama-3-8B layer's attention at batch 1 (32 query heads, 8 key/value
-    heads, head dim 128, Hedgehog 64 -> 128 features, tk window 64): the GQA repeat and the one-op kernel."""
-    import torch
+    """One forward+backward of a converted Llama-3-8B layer's attention at batch 1 on the CPU: profile_kernels.py's
+    "stage2_layer" (the GQA repeat and the one-op maps + hybrid; gradients for q, k, v)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from profile_kernels import N_GRAD, fwd_bwd_call, stage2_providers
 
-    from lolcats_lab.kernels import triton_hedgehog_hybrid_attn
-
-    H, KVH, D, f = 32, 8, 128, 64
-    q = torch.randn(1, H, T, D, dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(1, KVH, T, D, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    wq, wk = (0.1 * torch.randn(H, D, f) for _ in range(2))
-    logit = torch.full((H,), -2.0)
-
-    def call():
-        kk, vv = (x.repeat_interleave(H // KVH, dim=1) for x in (k, v))
-        y = triton_hedgehog_hybrid_attn(q, kk, vv, wq, wk, logit, window=64, kind="tk")
-        y.backward(torch.ones_like(y))
-
-    return call
+    make, fn, _ = stage2_providers("cpu", B=1)["stage2_layer"]
+    return fwd_bwd_call(make, fn, T, N_GRAD["stage2_layer"])
 
 
 def main(argv=None) -> int:

@@ -33,17 +33,18 @@ OPS = ("triton_linear", "triton_hedgehog_f64", "triton_hybrid_tk", "sdpa", "stag
 STAGE2 = dict(B=4, H=32, KVH=8, D=128, f=64, window=64)
 
 
-def stage2_providers():
-    """name -> (make_inputs(T), fn) for the stage-2 attention call, as make_providers' entries (no reference)."""
+def stage2_providers(dev: str = "cuda", B: int = STAGE2["B"]):
+    """name -> (make_inputs(T), fn) for the stage-2 attention call on ``dev`` at batch ``B``, as make_providers'
+    entries (no reference)."""
     import torch.nn.functional as Fn
 
     from lolcats_lab.kernels import triton_hedgehog_hybrid_attn
 
-    B, H, KVH, D, f = (STAGE2[k] for k in ("B", "H", "KVH", "D", "f"))
+    H, KVH, D, f = (STAGE2[k] for k in ("H", "KVH", "D", "f"))
     rep = H // KVH
 
     def make(T):
-        dev, dt = "cuda", torch.bfloat16
+        dt = torch.bfloat16
         q = torch.randn(B, T, H, D, device=dev, dtype=dt).transpose(1, 2).contiguous()  # [B, H, T, D]
         k, v = (torch.randn(B, T, KVH, D, device=dev, dtype=dt).transpose(1, 2) for _ in range(2))  # [B, KVH, T, D]
         w = [0.1 * torch.randn(H, D, f, device=dev) for _ in range(2)]
