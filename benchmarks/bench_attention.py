@@ -326,9 +326,9 @@ def bench_decode(results, contexts):
     )  # fmt: skip
 
 
-def tune(lengths):
+def tune(lengths, providers=None):
     """Time our kernels' fwd+bwd over tile sizes and segment plans (programs per SM, shortest segment);
-    print and return rows."""
+    print and return rows. ``providers``: a subset of the three (all when None or empty)."""
     import lolcats_lab.kernels.segments as seg
     from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
 
@@ -337,6 +337,8 @@ def tune(lengths):
     defaults = seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS
     for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_f64", triton_hedgehog_linear_attn),
                      ("triton_hybrid_tk", None)):  # fmt: skip
+        if providers and name not in providers:
+            continue
         make = P[name][0]
         for T in lengths:
             for chunk, per_sm, min_tokens in itertools.product((32, 64), (4, 8, 16), (128, 256)):
@@ -402,7 +404,7 @@ def main(argv=None):
     env = environment()
     print(json.dumps(env))
     if args.tune:
-        rows = tune(lengths)
+        rows = tune(lengths, args.providers)
         if args.out:
             args.out.write_text(json.dumps(dict(env=env, tune=rows), indent=1))
         return 0

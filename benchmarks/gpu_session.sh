@@ -10,11 +10,14 @@
 #   tests     pytest -m gpu (kernels, models), fp32 tests last; one line per test in $OUT/tests.log
 #             (tests-half / tests-fp32: one of the two)
 #   kernels   bench_attention.py, 1k..64k, ours + SDPA + fla (when installed), no decode
+#   linear    the linear kernels' GPU tests, then bench_attention.py at 1k / 4k / 16k / 64k: SDPA, fla, ours
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
 #   decode    the decode step alone (bench_attention.py --providers none)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
+#   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
+#   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
@@ -64,6 +67,11 @@ for step in "$@"; do
         kernels)
             run 330 kernels python3 benchmarks/bench_attention.py --no-decode --out "$OUT/kernels.json" \
                 --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 triton_hybrid_tk ;;
+        linear)  # the linear kernels alone: their GPU tests, then 1k / 4k / 16k / 64k beside SDPA and fla
+            run 200 linear-tests python3 -m pytest -m gpu tests/kernels/test_linear_attn_kernel.py \
+                tests/kernels/test_segments.py --timeout 90 -p no:cacheprovider -rA -q
+            run 330 linear python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 16384 65536 \
+                --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 --out "$OUT/linear.json" ;;
         hybrid64)
             run 90 hybrid64 python3 benchmarks/bench_attention.py --no-decode --lengths 16384 32768 \
                 --providers triton_hybrid_tk triton_hybrid_tk_c64 --out "$OUT/hybrid64.json" ;;
@@ -81,6 +89,12 @@ for step in "$@"; do
                 --ops triton_hybrid_tk stage2_layer --out "$OUT/profile-single.json"
             run 150 profile-narrow python3 benchmarks/profile_kernels.py --lengths 1024 16384 --narrow-scans \
                 --ops triton_hybrid_tk stage2_layer --out "$OUT/profile-narrow.json" ;;
+        profile-linear)  # per-kernel GPU time of the linear ops at 4k / 16k
+            run 150 profile-linear python3 benchmarks/profile_kernels.py --lengths 4096 16384 \
+                --ops triton_linear triton_hedgehog_f64 --out "$OUT/profile-linear.json" ;;
+        tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
+            run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
+                --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)

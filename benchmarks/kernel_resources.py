@@ -91,7 +91,7 @@ def cases(chunk: int):
         ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
                   PREC="tf32", LOWP=True)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
-        bwd = dict(ce, GW=2 * f if f else K)
+        bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
         yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
         yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
         yield f"{label} segment state", sg.segment_state_kernel, dict(

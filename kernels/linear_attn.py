@@ -40,9 +40,12 @@ Backward (dn_i = dy_i / den_i, dd_i = -dn_i . y_i, and dA_ij = dn_i . v_j + dd_i
     dfk_j = sum_{i>=j} dA_ij fq_i  = P_j v_j + r_j + intra-chunk            (reverse scan, kernel 2)
     dv_j  = sum_{i>=j} (fq_i . fk_j) dn_i = P_j^T fk_j + intra-chunk
 with the reverse states P_j = sum_{i>=j} fq_i dn_i^T [F, D] and r_j = sum_{i>=j} dd_i fq_i [F], started
-per segment from a suffix sum of per-segment reverse states (segments.py, reverse mode). Kernel 1
-recomputes the forward (only the inputs and the segment start states are saved) and writes den and dd ([B, H, T] fp32) for
-kernel 2. With the fused map both kernels recompute phi and back-propagate through the softmaxes to the
+per segment from a suffix sum of per-segment reverse states (segments.py, reverse mode). The forward
+saves y (in v's dtype) and den ([B, H, T] fp32) beside the inputs and the segment start states, so the
+backward recomputes no output: kernel 1 takes dd from y (as FlashAttention's backward takes rowsum(dO * O)
+from its output; in half precision dd then carries y's rounding, ~2^-9 relative) and writes it ([B, H, T]
+fp32) for kernel 2. That drops three of kernel 1's seven dots per chunk (fq fk^T, A v, fq S) and, unfused,
+its loads of the query features. With the fused map both kernels recompute phi and back-propagate through the softmaxes to the
 gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f] in x's dtype: the
 difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
 (dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
@@ -121,13 +124,14 @@ def _features(b_q, b_k, b_wq, b_wk, m_t, FH: tl.constexpr, BF: tl.constexpr, HED
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_fwd_kernel(
-    q, k, v, wq, wk, s0, z0, o, T, eps, NSEG,
+    q, k, v, wq, wk, s0, z0, o, den, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BV), NSEG, B*H): segment i_s of chunks [i_s CPS, (i_s + 1) CPS), starting from the
-    state (s0, z0) of all earlier segments. q, k: [B, H, T, K] (features when not HEDGEHOG, K = F)."""
+    state (s0, z0) of all earlier segments. q, k: [B, H, T, K] (features when not HEDGEHOG, K = F). Writes
+    y to o [B, H, T, D] and the normaliser den [B, H, T] fp32 (from the first column block) for the backward."""
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
@@ -135,6 +139,7 @@ def linear_attn_fwd_kernel(
     k += i_bk * T * K
     v += i_bv * T * V + i_v * BV
     o += i_bq * T * V + i_v * BV
+    den += i_bq * T
     NV = V - i_v * BV  # columns left in this block (masks the last one)
     b_wq = q  # placeholders when not HEDGEHOG
     b_wk = q
@@ -160,6 +165,8 @@ def linear_attn_fwd_kernel(
         b_num = dot(b_A, b_v, DT, PREC) + dot(b_fq, b_S, DT, PREC)  # [BT, BV]
         b_den = tl.sum(b_A, 1) + tl.sum(b_fq * b_z[None, :], 1) + eps  # [BT]
         tl.store(o + p_v, (b_num / b_den[:, None]).to(o.dtype.element_ty), mask=m_tv)
+        if i_v == 0:
+            tl.store(den + o_t, b_den, mask=m_t)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
 
@@ -167,13 +174,16 @@ def linear_attn_fwd_kernel(
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dq_kernel(
-    q, k, v, do, wq, wk, s0, z0, dq, den, dd, T, eps, NSEG,
+    q, k, v, do, y, wq, wk, s0, z0, dq, den, dd, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Forward scan of one segment, grid (NSEG, B*H): recompute y, write den, dd [B, H, T] and dq [B, H, T,
-    GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f; hedgehog_dz, pair_difference)."""
+    """Forward scan of one segment, grid (NSEG, B*H), from the forward's output y and normaliser den: write
+    dd [B, H, T] and dq [B, H, T, GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f;
+    hedgehog_dz, pair_difference). Unfused, the query features are not read at all (dfq needs none).
+    (Summing the segment's reverse state P_s = sum fq dn^T here as well, instead of in a separate
+    segment_state_kernel pass, was slower on an H200: benchmarks/README.md, session 8.)"""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
@@ -182,6 +192,7 @@ def linear_attn_bwd_dq_kernel(
     dq += i_bq * T * GW
     v += i_bv * T * V
     do += i_bq * T * V
+    y += i_bq * T * V
     den += i_bq * T
     dd += i_bq * T
     b_wq = q  # placeholders when not HEDGEHOG
@@ -198,17 +209,18 @@ def linear_attn_bwd_dq_kernel(
     for i_t in range(t_lo, t_hi):
         o_t = i_t * BT + o_c
         m_t = o_t < T
-        b_q = load_rows(q, o_t, m_t, K, BK)
         b_k = load_rows(k, o_t, m_t, K, BK)
-        b_fq, b_fk, b_pq, _ = _features(b_q, b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG, PREC, DT)
+        if HEDGEHOG:
+            b_pq = hedgehog_fwd(load_rows(q, o_t, m_t, K, BK), b_wq, m_t, FH, BF, PREC)[1]  # [BT, BF]
+            b_fk = hedgehog_fwd(b_k, b_wk, m_t, FH, BF, PREC)[0].to(DT).to(tl.float32)  # as _features rounds
+        else:
+            b_pq = b_k  # placeholder
+            b_fk = b_k
         b_v = load_rows(v, o_t, m_t, V, BV)  # [BT, BV]
         b_do = load_rows(do, o_t, m_t, V, BV)
-        b_A = tl.where(m_causal, dot(b_fq, tl.trans(b_fk), DT, PREC).to(DT).to(tl.float32), 0.0)  # [BT, BT]
-        b_num = dot(b_A, b_v, DT, PREC) + dot(b_fq, b_S, DT, PREC)  # [BT, BV]
-        b_den = tl.sum(b_A, 1) + tl.sum(b_fq * b_z[None, :], 1) + eps  # [BT]
+        b_den = tl.load(den + o_t, mask=m_t, other=1.0)  # [BT]
         b_dn = b_do / b_den[:, None]  # dL/dnum   [BT, BV]
-        b_dd = -tl.sum(b_dn * b_num, 1) / b_den  # dL/dden   [BT]
-        tl.store(den + o_t, b_den, mask=m_t)
+        b_dd = -tl.sum(b_dn * load_rows(y, o_t, m_t, V, BV), 1)  # dL/dden = -dn . num / den   [BT]
         tl.store(dd + o_t, b_dd, mask=m_t)
         b_dA = tl.where(m_causal, dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None], 0.0)  # fp32: see below
         b_dfq = (
@@ -331,7 +343,8 @@ def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
 def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, block_v=None,
                     segment_chunks=None):  # fmt: skip
     """Launch the forward. q [B, H, T, K], k [B, KH, T, K] (features, or raw with wq/wk [H, K, f]);
-    v [B, VH, T, D] -> (y [B, H, T, D], (s0, z0) the fp32 state each segment starts from, for the backward)."""
+    v [B, VH, T, D] -> (y [B, H, T, D], saved): saved = (den [B, H, T] fp32 the normaliser, s0, z0 the fp32
+    state each segment starts from, cps), what the backward reads besides the inputs and y."""
     B, H, T, _ = q.shape
     sz = _sizes(q, v, wq, chunk_size)
     GK, GV = H // k.shape[1], H // v.shape[1]
@@ -342,29 +355,30 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
         block_v = BVS if n_seg > 1 else 64
     BV = min(BVS, block(block_v))
     o = v.new_empty(B, H, T, v.shape[-1])  # [B, H, T, D]: one output per query head
+    den = q.new_empty(B, H, T, dtype=torch.float32)
     grid = (triton.cdiv(sz["V"], BV), n_seg, B * H)
     launch(
         linear_attn_fwd_kernel, grid,
-        q, k, v, q if wq is None else wq, k if wk is None else wk, s0, z0, o, T, eps, n_seg,
+        q, k, v, q if wq is None else wq, k if wk is None else wk, s0, z0, o, den, T, eps, n_seg,
         H=H, GK=GK, GV=GV, CPS=cps, BV=BV, BVS=BVS, HEDGEHOG=wq is not None,
         PREC=dot_precision(q.dtype), LOWP=_lowp(q, wq, dict(sz, BV=BVS)), **sz,
     )  # fmt: skip
-    return o, (s0, z0, cps)
+    return o, (den, s0, z0, cps)
 
 
-def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32, states=None,
-                    segment_chunks=None):  # fmt: skip
-    """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``states``: the forward's
-    (s0, z0, cps), recomputed when None. Returns (dq, dk, dv, dwq, dwk); dwq, dwk are None when unfused."""
+def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
+    """Launch the backward (dq scan, reverse segment states, dk/dv scan) from the forward's output y and
+    ``saved`` = (den, s0, z0, cps) (:func:`linear_attn_fwd`): dd = -dn . y with dn = do / den (the gradient
+    of the normaliser, as FlashAttention takes rowsum(dO * O) from its output), so no kernel recomputes
+    the forward. Returns (dq, dk, dv, dwq, dwk); dwq, dwk are None when unfused."""
     B, H, T, K = q.shape
     sz = _sizes(q, v, wq, chunk_size)
     hedgehog = wq is not None
     GK, GV = H // k.shape[1], H // v.shape[1]
     sargs = _state_args(q, wq, sz)
-    s0, z0, cps = _forward_states(q, k, v, wq, wk, sz, segment_chunks) if states is None else states
+    den, s0, z0, cps = saved
     n_seg = s0.shape[1]
     bounds = _segment_bounds(T, chunk_size, cps, n_seg, q.device)
-    den = q.new_empty(B, H, T, dtype=torch.float32)
     dd = q.new_empty(B, H, T, dtype=torch.float32)
     # dq / dk rows: dfq / dfk (GW = F), or with the fused map dz = d(x W) (GW = f), projected back below.
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
@@ -375,7 +389,7 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
     common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
-    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, s0, z0, dq, den, dd, T, eps, n_seg, **common)
+    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     p0, r0 = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
     launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
@@ -391,23 +405,23 @@ def linear_attn_bwd(q, k, v, do, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size
 
 
 class LinearAttnFunction(torch.autograd.Function):
-    """Autograd wrapper; saves the inputs and the segment start states (fp32 [B*H, NSEG, F, D], small);
-    the backward recomputes features and normalisers."""
+    """Autograd wrapper; saves the inputs, the output y, the normaliser (fp32 [B, H, T]) and the segment
+    start states (fp32 [B*H, NSEG, F, D], small); the backward recomputes the features."""
 
     @staticmethod
     def forward(ctx, q, k, v, wq, wk, eps, chunk_size, segment_chunks):
-        o, (s0, z0, cps) = linear_attn_fwd(
+        o, (den, s0, z0, cps) = linear_attn_fwd(
             q, k, v, wq, wk, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks
         )
-        ctx.save_for_backward(q, k, v, wq, wk, s0, z0)
-        ctx.eps, ctx.chunk_size, ctx.cps = eps, chunk_size, cps
+        ctx.save_for_backward(q, k, v, wq, wk, o, den, s0, z0)
+        ctx.chunk_size, ctx.cps = chunk_size, cps
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, wq, wk, s0, z0 = ctx.saved_tensors
+        q, k, v, wq, wk, o, den, s0, z0 = ctx.saved_tensors
         dq, dk, dv, dwq, dwk = linear_attn_bwd(
-            q, k, v, do.contiguous(), wq, wk, eps=ctx.eps, chunk_size=ctx.chunk_size, states=(s0, z0, ctx.cps)
+            q, k, v, o, do.contiguous(), (den, s0, z0, ctx.cps), wq, wk, chunk_size=ctx.chunk_size
         )
         return dq, dk, dv, dwq, dwk, None, None, None
 

@@ -165,20 +165,21 @@ benchmark_figure(results, mode="fwd+bwd", metric="peak_MiB").show()
 # Later sessions ran it on an H200: the same chip's arithmetic, 1.4x the memory bandwidth. SDPA and our
 # linear kernels moved by a few percent; flash-linear-attention's chunk kernel gained more (8k: 2.87 ->
 # 2.48 ms), so the fused Hedgehog kernel, which waits on latency (one 8-warp program per SM, see the Nsight
-# Compute report in `benchmarks/results/`), is 2% *slower* than fla at 16k while faster at 8k, 32k and 64k.
-# The hybrid kernel changed most: its backward now runs the window part as parallel kernels with no state
-# and the linear part as two scans that hold only the state (`kernels/hybrid_window_split.py`), and it is
-# *faster* than our linear kernel from 8k on (the linear kernel's backward is still one scan per segment).
+# Compute report in `benchmarks/results/`), is 3% *slower* than fla at 16k while faster at 8k, 32k and 64k.
+# Two changes since the H100 run: the hybrid's backward runs the window part as parallel kernels with no
+# state and the linear part as two scans that hold only the state (`kernels/hybrid_window_split.py`), and
+# the linear backward reads the output and normaliser the forward saved instead of recomputing them (its
+# dq kernel lost three of seven dots per chunk). The hybrid and the linear kernel now run level.
 # A benchmark is a measurement of one machine and one version of the code, not a property of an algorithm.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-H200 = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-session7.json").read_text())
+H200 = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-session8.json").read_text())
 ms200 = {(r["provider"], r["T"]): r["ms"] for r in H200["rows"] if r["mode"] == "fwd+bwd"}
 vs_fla = {T: ms200["triton_hedgehog_f64", T] / ms200["fla_chunk", T] for T in (8192, 16384, 32768, 65536)}
 hybrid_vs_linear = {T: ms200["triton_hybrid_tk", T] / ms200["triton_linear", T] for T in (8192, 16384, 32768, 65536)}
 assert vs_fla[16384] > 1 and vs_fla[65536] < 1  # slower than fla at 16k, faster at 64k: read both
-assert all(r < 1.0 for r in hybrid_vs_linear.values())  # the issue asks for within 1.3x
+assert all(r < 1.3 for r in hybrid_vs_linear.values())  # the issue's goal: within 1.3x
 tuple(round(r, 2) for r in vs_fla.values()), tuple(round(r, 2) for r in hybrid_vs_linear.values())  # 8k .. 64k each
 
 
