@@ -143,7 +143,13 @@ def main(argv=None):
                     help="the hybrid backward's single-scan kernels, not the split window/state form")
     ap.add_argument("--narrow-scans", action="store_true",
                     help="the split backward's state scans on 32-token tiles, not the forward's wide ones")
+    ap.add_argument("--no-direct-launch", action="store_true",
+                    help="every launch through Triton's JITFunction.run, not the kept compiled kernels")
     args = ap.parse_args(argv)
+    if args.no_direct_launch:
+        import lolcats_lab.kernels._launch as launch_module
+
+        launch_module.DIRECT_LAUNCH = False
     if args.narrow_scans:
         import lolcats_lab.kernels.hybrid_window_split as split_module
 
@@ -178,7 +184,8 @@ def main(argv=None):
                 print(f"    {c['cum_us']:8.2f} us cum  {c['calls']:5.1f} calls  {k}")
     if args.out:
         args.out.write_text(json.dumps(dict(env=environment(), split_window_backward=not args.single_scan,
-                                            wide_state_tiles=not args.narrow_scans, rows=rows,
+                                            wide_state_tiles=not args.narrow_scans,
+                                            direct_launch=not args.no_direct_launch, rows=rows,
                                             host=host), indent=1))  # fmt: skip
         print(f"wrote {args.out}")
     return 0

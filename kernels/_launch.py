@@ -1,4 +1,4 @@
-"""Launching autotuned kernels without going through the autotuner on every call.
+"""Launching autotuned kernels without going through the autotuner, or Triton's dispatcher, on every call.
 
 ``@triton.autotune`` runs Python on each launch before Triton's own launcher: it zips the arguments into
 dicts, builds its cache key (with ``str(dtype)`` for every tensor argument) and merges the chosen config's
@@ -7,13 +7,97 @@ profile_kernels.py), with seven autotuned launches per linear-attention call. :f
 call for each (kernel, compile-time arguments, tensor dtypes) through the autotuner, which times its
 candidates then, and launches the config it chose directly afterwards: the same kernel and options
 Autotuner.run would pass, one dict lookup instead of its bookkeeping.
+
+Past the autotuner, Triton's ``JITFunction.run`` still binds every argument, specialises each one (dtype,
+16-byte alignment of pointers, integers divisible by 16 or equal to 1), builds a cache key, reads its
+knobs and checks the kernel's globals on every launch: about 70 us per launch under cProfile on the H200
+machine's host, of which the launch itself is about a third. With ``DIRECT_LAUNCH`` (on a GPU, not in the
+interpreter) :func:`launch` keeps the compiled kernel Triton returns, keyed by the choice key above and a
+specialisation of the runtime arguments at least as fine as Triton's (:func:`argument_signature`), and
+later calls with the same key launch it through ``CompiledKernel.run`` with the arguments in signature
+order, exactly as the last lines of ``JITFunction.run`` do. Anything the key cannot vouch for (an argument
+of another kind, a registered launch hook, a parameter left to its default) takes Triton's own path.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._utils import is_interpreter
+
+# Launch a kernel compiled for an identical specialisation through CompiledKernel.run (see the module
+# docstring). False: every launch goes through JITFunction.run (benchmarks compare both).
+DIRECT_LAUNCH = True
+
 _CHOSEN: dict[tuple, dict] = {}  # (kernel id, constexprs, dtypes) -> the chosen config's launch options
+# (choice key, argument signature, device) -> (CompiledKernel, the parameters after the positional ones)
+_COMPILED: dict[tuple, tuple] = {}
+_INT32 = (-(2**31), 2**31)
+
+
+try:  # the current CUDA stream's handle, read as Triton's GPU driver reads it
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream
+except ImportError:  # a CPU-only torch build; Triton's driver falls back the same way
+
+    def _raw_stream(device: int) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
+
+try:
+    from triton import knobs as _knobs
+except ImportError:  # a Triton without knobs: no direct launches
+    _knobs = None
+
+
+def argument_signature(args) -> tuple | None:
+    """What Triton specialises a compiled kernel on, per runtime argument, or None when an argument is of a
+    kind this does not model. Tensors: dtype and whether the pointer is 16-byte aligned. Integers: the
+    value's divisibility by 16, whether it is 1, and its integer type's range (i32, i64, u64); floats:
+    their type only; booleans: their value. At least as fine as Triton's own key, so two calls with equal
+    signatures (and equal compile-time arguments) run the same compiled kernel."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, bool):
+            out.append(("b", a))
+        elif isinstance(a, int):
+            out.append(("i", a % 16 == 0, a == 1, _INT32[0] <= a < _INT32[1], 0 <= a < 2**63))
+        elif isinstance(a, float):
+            out.append(("f",))
+        else:
+            return None
+    return tuple(out)
+
+
+def _hooks_registered() -> bool:
+    """Whether a launch hook (a profiler such as proton) is registered: those launches take Triton's path,
+    which builds the launch metadata the hooks read."""
+    hook = _knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _direct(key, kernel, grid, args, kwargs, options) -> bool:
+    """Launch through a kept CompiledKernel when one matches; keep the one Triton compiles otherwise.
+    Returns whether the launch happened here."""
+    signature = argument_signature(args)
+    if _knobs is None or signature is None or _hooks_registered():
+        return False
+    device = torch.cuda.current_device()
+    spec = (key, signature, device)
+    kept = _COMPILED.get(spec)
+    if kept is None:
+        compiled = kernel.fn[grid](*args, **kwargs, **options)  # JITFunction.run returns the CompiledKernel
+        merged = {**kwargs, **options}
+        names = kernel.fn.arg_names[len(args):]
+        if compiled is not None and hasattr(compiled, "packed_metadata") and all(n in merged for n in names):
+            _COMPILED[spec] = (compiled, tuple(merged[n] for n in names))
+        return True
+    compiled, tail = kept
+    g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+    stream = _raw_stream(device)
+    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
+                 _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook, *args, *tail)  # fmt: skip
+    return True
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -22,17 +106,18 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     The key holds every keyword argument (the compile-time ones here, a superset of the autotuner's key)
     and the dtypes of the tensor arguments, so a new shape class or dtype goes through the autotuner
     again; integer arguments such as the sequence length are not part of it (the kernels do not
-    specialise on them, and the autotuner does not key on them either)."""
+    specialise on them, and the autotuner does not key on them either). ``grid``: a tuple."""
     key = (id(kernel), tuple(kwargs.items()), tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
     options = _CHOSEN.get(key)
     if options is None:
         kernel[grid](*args, **kwargs)
         _CHOSEN[key] = kernel.best_config.all_kwargs()
-    else:
+    elif not (DIRECT_LAUNCH and not is_interpreter() and _direct(key, kernel, grid, args, kwargs, options)):
         kernel.fn[grid](*args, **kwargs, **options)
 
 
 def forget_choices() -> None:
-    """Drop every remembered choice (the next launch of each key autotunes again), e.g. after changing a
-    kernel's candidate configs in a tuning sweep."""
+    """Drop every remembered choice and kept kernel (the next launch of each key autotunes again), e.g. after
+    changing a kernel's candidate configs in a tuning sweep."""
     _CHOSEN.clear()
+    _COMPILED.clear()

@@ -1,12 +1,16 @@
 """kernels/_launch.py: an autotuned kernel goes through the autotuner once per key, then launches directly
 with the config it chose; a new key (compile-time argument or dtype) goes through the autotuner again.
-CPU: Triton's interpreter (one candidate config, as the kernel modules give it there)."""
+On a GPU the compiled kernel is then kept and launched through CompiledKernel.run while the arguments'
+specialisation matches. CPU: Triton's interpreter (one candidate config, as the kernel modules give it
+there), and the kept-kernel logic against stand-ins for Triton's objects (the interpreter compiles nothing)."""
 
+import pytest
 import torch
 import triton
 import triton.language as tl
 
-from lolcats_lab.kernels._launch import forget_choices, launch
+import lolcats_lab.kernels._launch as launch_module
+from lolcats_lab.kernels._launch import argument_signature, forget_choices, launch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -19,6 +23,7 @@ def add_one_kernel(x, N: tl.constexpr):
 
 
 def test_autotunes_once_per_key_then_launches_directly(monkeypatch):
+    monkeypatch.setattr(launch_module, "DIRECT_LAUNCH", False)  # every launch after the first through fn.run
     calls = {"autotuner": 0, "direct": 0}
     tuner_run, jit_run = add_one_kernel.run, add_one_kernel.fn.run
 
@@ -46,3 +51,135 @@ def test_autotunes_once_per_key_then_launches_directly(monkeypatch):
     forget_choices()
     launch(add_one_kernel, (1,), x, N=16)
     assert calls["autotuner"] == 4 and torch.equal(x, torch.full((16,), 4.0, device=DEVICE))
+
+
+# --------------------------------------------------------------------------- kept compiled kernels (CPU)
+class _Compiled:
+    """Stands in for triton.compiler.CompiledKernel: records what its launcher is called with."""
+
+    packed_metadata = "packed"
+    function = "function-handle"
+
+    def __init__(self, log):
+        self.run = lambda *a: log.append(("compiled", a))
+
+
+class _Jit:
+    """Stands in for a JITFunction with parameters (x, n, N, BLOCK): fn[grid](...) records a Triton launch."""
+
+    arg_names = ["x", "n", "N", "BLOCK"]
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(("triton", grid, args, kwargs))
+            return _Compiled(self.log)
+
+        return run
+
+
+class _Tuned:
+    """Stands in for an @triton.autotune kernel whose chosen config is 4 warps."""
+
+    def __init__(self, log):
+        self.fn = _Jit(log)
+        self.best_config = triton.Config({}, num_warps=4)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.fn.log.append(("autotuner", grid, args, kwargs))
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """_launch as on a GPU: not interpreting, device 0, a fixed stream handle, no launch hooks."""
+    monkeypatch.setattr(launch_module, "is_interpreter", lambda: False)
+    monkeypatch.setattr(launch_module, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(launch_module, "_raw_stream", lambda device: 1234)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    forget_choices()
+    yield
+    forget_choices()
+
+
+def test_kept_kernel_launches_with_arguments_in_signature_order(gpu_like):
+    log = []
+    kernel = _Tuned(log)
+    x = torch.zeros(8)  # a fresh allocation: 16-byte aligned
+    for _ in range(3):
+        launch(kernel, (2, 3), x, 5, N=16, BLOCK=32)
+    assert [entry[0] for entry in log] == ["autotuner", "triton", "compiled"]
+    assert log[1][3] == dict(N=16, BLOCK=32, **triton.Config({}, num_warps=4).all_kwargs())
+    grid_and_launch_args, args = log[2][1][:9], log[2][1][9:]
+    assert grid_and_launch_args[:7] == (2, 3, 1, 1234, "function-handle", "packed", None)
+    assert args[0] is x and args[1:] == (5, 16, 32)  # positional, then the rest by parameter name
+
+
+def test_a_new_specialisation_goes_through_triton_again(gpu_like):
+    log = []
+    kernel = _Tuned(log)
+    x = torch.zeros(8)
+    launch(kernel, (1,), x, 5, N=16, BLOCK=32)  # autotuner
+    launch(kernel, (1,), x, 5, N=16, BLOCK=32)  # Triton, kept
+    launch(kernel, (1,), x[1:], 5, N=16, BLOCK=32)  # 4 bytes past an aligned pointer: Triton again
+    launch(kernel, (1,), x, 1, N=16, BLOCK=32)  # an integer equal to 1 (Triton makes it a constant)
+    launch(kernel, (1,), x, 32, N=16, BLOCK=32)  # divisible by 16
+    launch(kernel, (1,), x, 2**40, N=16, BLOCK=32)  # past int32
+    assert [entry[0] for entry in log] == ["autotuner"] + ["triton"] * 5
+    launch(kernel, (1,), x[1:], 7, N=16, BLOCK=32)  # same signature as the unaligned call above
+    launch(kernel, (1,), x, 3, N=16, BLOCK=32)  # same as 5: odd, not 1, int32
+    assert [entry[0] for entry in log[-2:]] == ["compiled", "compiled"]
+
+
+def test_what_the_key_cannot_vouch_for_takes_tritons_path(gpu_like, monkeypatch):
+    log = []
+    kernel = _Tuned(log)
+    x = torch.zeros(8)
+    launch(kernel, (1,), x, 5, N=16, BLOCK=32)
+    launch(kernel, (1,), x, "not an argument kind the key models", N=16, BLOCK=32)
+    launch(kernel, (1,), x, "not an argument kind the key models", N=16, BLOCK=32)
+    for _ in range(3):  # BLOCK left to a default: the parameter list cannot be built, nothing is kept
+        launch(kernel, (1,), x, 5, N=16)
+    assert [entry[0] for entry in log] == ["autotuner", "triton", "triton", "autotuner", "triton", "triton"]
+    launch(kernel, (1,), x, 5, N=16, BLOCK=32)  # kept now; with a profiler's launch hook, Triton's path
+    hook = triton.knobs.runtime.launch_enter_hook
+    monkeypatch.setattr(hook, "calls", [lambda metadata: None])
+    launch(kernel, (1,), x, 5, N=16, BLOCK=32)
+    assert [entry[0] for entry in log[-2:]] == ["triton", "triton"]
+
+
+def test_argument_signature():
+    x = torch.zeros(8)
+    assert argument_signature([x]) == ((torch.float32, True),)
+    assert argument_signature([x[1:]]) == ((torch.float32, False),)
+    assert argument_signature([True, 1.5]) == (("b", True), ("f",))
+    assert argument_signature([16, 1, 7, -1]) == (
+        ("i", True, False, True, True),
+        ("i", False, True, True, True),
+        ("i", False, False, True, True),
+        ("i", False, False, True, False),
+    )
+    assert argument_signature([None]) is None
+
+
+@pytest.mark.gpu
+def test_gpu_kept_kernel_matches_tritons_launch():
+    """On a GPU: the kept kernel's launches give what Triton's own launches give, for aligned and unaligned
+    pointers, and a new specialisation is compiled rather than reused."""
+    forget_choices()
+    base = torch.zeros(64, device="cuda")
+    calls = []
+    jit_run = add_one_kernel.fn.run
+    add_one_kernel.fn.run = lambda *a, **k: calls.append(1) or jit_run(*a, **k)
+    try:  # autotuner, then Triton for each alignment (kept), then the kept kernels twice each
+        for view in (base[:16], base[1:17]) * 3:
+            launch(add_one_kernel, (1,), view, N=16)
+    finally:
+        del add_one_kernel.fn.run
+    assert torch.equal(base[:1], torch.full((1,), 3.0, device="cuda"))
+    assert torch.equal(base[1:16], torch.full((15,), 6.0, device="cuda"))
+    assert torch.equal(base[16:17], torch.full((1,), 3.0, device="cuda"))
+    assert len(calls) == 3  # the autotuner's own launch and one per alignment; the other three were direct
+    assert len(launch_module._COMPILED) == 2  # one per alignment
+    forget_choices()
