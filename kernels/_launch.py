@@ -16,7 +16,8 @@ interpreter) :func:`launch` keeps the compiled kernel Triton returns, keyed by t
 specialisation of the runtime arguments at least as fine as Triton's (:func:`argument_signature`), and
 later calls with the same key launch it through ``CompiledKernel.run`` with the arguments in signature
 order, exactly as the last lines of ``JITFunction.run`` do. Anything the key cannot vouch for (an argument
-of another kind, a registered launch hook, a parameter left to its default) takes Triton's own path.
+of another kind, a compile-time parameter given by position, a registered launch hook, a parameter left
+to its default) takes Triton's own path.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def _direct(key, kernel, grid, args, kwargs, options) -> bool:
         compiled = kernel.fn[grid](*args, **kwargs, **options)  # JITFunction.run returns the CompiledKernel
         merged = {**kwargs, **options}
         names = kernel.fn.arg_names[len(args):]
-        if compiled is not None and hasattr(compiled, "packed_metadata") and all(n in merged for n in names):
+        # a compile-time parameter given by position would be keyed by its signature, not its value
+        positional_constexpr = any(p.is_constexpr for p in kernel.fn.params[: len(args)])
+        if (compiled is not None and hasattr(compiled, "packed_metadata") and not positional_constexpr
+                and all(n in merged for n in names)):  # fmt: skip
             _COMPILED[spec] = (compiled, tuple(merged[n] for n in names))
         return True
     compiled, tail = kept

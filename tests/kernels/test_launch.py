@@ -4,6 +4,8 @@ On a GPU the compiled kernel is then kept and launched through CompiledKernel.ru
 specialisation matches. CPU: Triton's interpreter (one candidate config, as the kernel modules give it
 there), and the kept-kernel logic against stand-ins for Triton's objects (the interpreter compiles nothing)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import triton
@@ -69,8 +71,9 @@ class _Jit:
 
     arg_names = ["x", "n", "N", "BLOCK"]
 
-    def __init__(self, log):
+    def __init__(self, log, constexprs=("N", "BLOCK")):
         self.log = log
+        self.params = [SimpleNamespace(name=n, is_constexpr=n in constexprs) for n in self.arg_names]
 
     def __getitem__(self, grid):
         def run(*args, **kwargs):
@@ -83,8 +86,8 @@ class _Jit:
 class _Tuned:
     """Stands in for an @triton.autotune kernel whose chosen config is 4 warps."""
 
-    def __init__(self, log):
-        self.fn = _Jit(log)
+    def __init__(self, log, **jit_options):
+        self.fn = _Jit(log, **jit_options)
         self.best_config = triton.Config({}, num_warps=4)
 
     def __getitem__(self, grid):
@@ -147,6 +150,16 @@ def test_what_the_key_cannot_vouch_for_takes_tritons_path(gpu_like, monkeypatch)
     monkeypatch.setattr(hook, "calls", [lambda metadata: None])
     launch(kernel, (1,), x, 5, N=16, BLOCK=32)
     assert [entry[0] for entry in log[-2:]] == ["triton", "triton"]
+
+
+def test_a_compile_time_parameter_given_by_position_is_never_kept(gpu_like):
+    """Its value decides the compiled code, and the argument signature holds only its divisibility."""
+    log = []
+    kernel = _Tuned(log, constexprs=("n", "N", "BLOCK"))
+    x = torch.zeros(8)
+    for n in (3, 5, 5):
+        launch(kernel, (1,), x, n, N=16, BLOCK=32)
+    assert [entry[0] for entry in log] == ["autotuner", "triton", "triton"]
 
 
 def test_argument_signature():
