@@ -9,7 +9,9 @@ that decided tile sizes and warp counts here (see benchmarks/README.md). It does
     python benchmarks/kernel_resources.py --chunks 32 --out resources.json
 
 Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256; the single-scan
-backward and the split one of hybrid_window_split.py), the segment state kernel; each with the autotune candidates (num_warps, num_stages) in the kernel modules.
+backward and the split one of hybrid_window_split.py), the segment state kernel, and the decode step (tk, window
+64, F = D = 128, 64-key tiles, 128 / 64 / 32 state rows at a time); each with the num_warps x num_stages
+candidates of --configs (the decode step launches with 4 warps).
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def _types():
         mx=f32, dm=f32, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
         SOB=i32, SOH=i32, SOT=i32, SYB=i32, SYH=i32, SYT=i32,
+        S=f32, z=f32, kb=bf, vb=bf, fkb=bf, ks=bf, vs=bf, pos="*i64",
     )  # fmt: skip
 
 
 def cases(chunk: int):
     """(label, kernel, constexprs) for the shapes in the module docstring."""
+    import lolcats_lab.kernels.decode as dec
     import lolcats_lab.kernels.hybrid_attn as ha
     import lolcats_lab.kernels.hybrid_window_split as hs
     import lolcats_lab.kernels.linear_attn as la
@@ -111,6 +115,12 @@ def cases(chunk: int):
         yield f"hybrid F={F} split window dk/dv", hs.window_dkv_kernel, win
         yield f"hybrid F={F} split linear dk/dv", hs.linear_dkv_kernel, lin
         yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
+    if chunk == 32:  # the decode step has no token tiles: once, per state rows held at a time (DECODE_STATE_ROWS)
+        for SF in (128, 64, 32):
+            yield f"decode tk SF={SF}", dec.hybrid_decode_kernel, dict(
+                H=32, K=128, V=128, F=128, WC=128, NSC=1, BK=128, BV=128, BF=128, BC=64, BS=16, TK=True,
+                LIN=False, PREC="tf32", SF=SF,
+            )  # fmt: skip
 
 
 def main(argv=None):
