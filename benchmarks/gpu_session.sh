@@ -18,6 +18,7 @@
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
+#   paired    profile_kernels.py for the fused Hedgehog op at 4k / 16k, then with --paired-map-reductions
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
@@ -104,6 +105,11 @@ for step in "$@"; do
                 --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile.json"
             run 60 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
                 --no-direct-launch --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile-off.json" ;;
+        paired)  # the fused Hedgehog map's paired reductions (linear_attn.PAIRED_MAP_REDUCTIONS) against two each
+            run 120 paired-off python3 benchmarks/profile_kernels.py --lengths 4096 16384 --ops triton_hedgehog_f64 \
+                --out "$OUT/paired-off.json"
+            run 120 paired-on python3 benchmarks/profile_kernels.py --lengths 4096 16384 --ops triton_hedgehog_f64 \
+                --paired-map-reductions --out "$OUT/paired-on.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;

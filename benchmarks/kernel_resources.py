@@ -92,16 +92,18 @@ def cases(chunk: int):
     for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
                         ("hedgehog f=128", 128, 256)):  # fmt: skip
         K = F if f == 0 else 128
-        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
-                  PREC="tf32", LOWP=True)  # fmt: skip
-        yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
-        bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
-        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
-        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
-        yield f"{label} segment state", sg.segment_state_kernel, dict(
-            H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
-            PREC="tf32", LOWP=True,
-        )  # fmt: skip
+        for paired in (False, True) if f else (False,):  # the map's paired reductions (PAIRED_MAP_REDUCTIONS)
+            name = f"{label} paired" if paired else label
+            ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
+                      PREC="tf32", LOWP=True, PAIRED=paired)  # fmt: skip
+            yield f"{name} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
+            bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
+            yield f"{name} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
+            yield f"{name} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
+            yield f"{name} segment state", sg.segment_state_kernel, dict(
+                H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
+                PREC="tf32", LOWP=True, PAIRED=paired,
+            )  # fmt: skip
     for F in (128, 256):
         ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
                   LOWP=True, WIN_ONLY=True)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)

@@ -65,7 +65,7 @@ def test_decode_state_in_row_chunks_equals_full_pass(kind, window, sinks, prompt
     padding, and one all padding of BF = 64) gives the full pass: the tk block fold, the sw rank-1 fold, and
     window 0 (the new token folded, sinks exact), with the state written back chunk by chunk."""
     monkeypatch.setattr(decode_module, "DECODE_STATE_ROWS", 16)
-    B, H, T, K, F, D = 2, 2, 14, 12, 40, 9
+    B, H, T, K, F, D = 2, 2, 11, 12, 40, 9
     xs = make_seq(B, H, T, K, F, D, seed=3)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)
     y_full = naive_hybrid_attn(*xs, **cfg)

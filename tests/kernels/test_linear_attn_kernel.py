@@ -12,6 +12,7 @@ import torch
 
 from lolcats_lab.attention.linear import naive_linear_attn
 from lolcats_lab.feature_maps import make_feature_map
+import lolcats_lab.kernels.linear_attn as linear_attn_module
 from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_linear_attn
 from tests.tolerances import TOLERANCES, check_close, rel_rms
 
@@ -188,6 +189,22 @@ def test_hedgehog_fused_matches_feature_map(case, dtype):
         compare(name, a, b, dtype)
     for name, a, b in zip(("dwq", "dwk"), g_ref[3:], g_out[3:]):  # fp32 weights, summed over B and T
         check_close(name, a, b, ratio=10 * TOLERANCES[dtype]["ratio"], atol=1e-5)
+
+
+def test_hedgehog_paired_reductions_match_naive(monkeypatch):
+    """PAIRED_MAP_REDUCTIONS (each parity's max and sum as one reduction of the pair) gives the reference
+    output and gradients, over two segments (the segment state kernels compute the map too)."""
+    monkeypatch.setattr(linear_attn_module, "PAIRED_MAP_REDUCTIONS", True)
+    inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=2, VH=2, T=40, K=12, f=6, D=10, seed=7)
+
+    def fused(q, k, v, wq, wk):
+        return triton_hedgehog_linear_attn(q, k, v, wq, wk, chunk_size=16, segment_chunks=2)
+
+    y_ref, g_ref = run_with_grads(reference, inputs, do)
+    y, g_out = run_with_grads(fused, inputs, do)
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
+        check_close(name, a, b, ratio=1e-4, atol=1e-5)
 
 
 def test_hedgehog_fused_grouped_query_heads():
