@@ -53,15 +53,16 @@ DECODE_TILE = 64
 # State rows the decode kernel holds in registers at a time (module-level so benchmarks can sweep it); None:
 # the whole [F, D] state at once. At F = D = 128 in fp32 the whole state is 128 registers per thread of a
 # 4-warp program. Compiled for sm_90 (Triton 3.9, benchmarks/kernel_resources.py --only decode, 4 warps): the
-# whole state with 64-key tiles takes 255 registers and spills 1,224 B (two programs per SM); 32 rows with
+# whole state with 64-key tiles takes 255 registers and spills 1,216 B (two programs per SM); 32 rows with
 # 32-key tiles take 168 and no spills (three per SM). Not timed on a GPU yet: bench_attention.py's decode
 # sweep runs both tile sizes with and without it.
 DECODE_STATE_ROWS: int | None = None
 
 
 @triton.jit
-def _vec(p, N: tl.constexpr, BN: tl.constexpr):
-    o = tl.arange(0, BN)
+def _vec(p, c0, N: tl.constexpr, BN: tl.constexpr):
+    """Elements [c0, c0 + BN) of a length-N vector as fp32, zero past N."""
+    o = c0 + tl.arange(0, BN)
     return tl.load(p + o, mask=o < N, other=0.0).to(tl.float32)
 
 
@@ -73,13 +74,6 @@ def _all(m_vec, m):
 
 
 @triton.jit
-def _vec_at(p, c0, N: tl.constexpr, BN: tl.constexpr):
-    """Elements [c0, c0 + BN) of a length-N vector as fp32, zero past N."""
-    o = c0 + tl.arange(0, BN)
-    return tl.load(p + o, mask=o < N, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _cols(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
     """Columns [c0, c0 + BN) of rows r of a contiguous [*, N] matrix as an fp32 [len(r), BN] tile, zero where
     the row mask m is False or past N."""
@@ -88,17 +82,10 @@ def _cols(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
 
 
 @triton.jit
-def _row_at(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
+def _row(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
     """Columns [c0, c0 + BN) of row r of a contiguous [*, N] matrix as fp32, zero where the scalar mask m is
     False or past N."""
     o = c0 + tl.arange(0, BN)
-    return tl.load(p + r * N + o, mask=_all(o < N, m), other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
-    """Row r of a contiguous [*, N] matrix as an fp32 [BN] vector, zero where the scalar mask m is False."""
-    o = tl.arange(0, BN)
     return tl.load(p + r * N + o, mask=_all(o < N, m), other=0.0).to(tl.float32)
 
 
@@ -140,7 +127,7 @@ def hybrid_decode_kernel(
     fkb += i_bh64 * WC * F
     ks += i_bh64 * NSC * K
     vs += i_bh64 * NSC * V
-    b_q, b_k, b_v = _vec(q, K, BK), _vec(k, K, BK), _vec(v, V, BV)  # new token, [BK] / [BV]
+    b_q, b_k, b_v = _vec(q, 0, K, BK), _vec(k, 0, K, BK), _vec(v, 0, V, BV)  # new token, [BK] / [BV]
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
     slot = p % WC
     new_is_sink = p < NS
@@ -159,7 +146,7 @@ def hybrid_decode_kernel(
     # one program holds [SF, D] of it in registers (SF = BF: the whole state at once). Done before the
     # window loop so the state is dead during it (registers for wider key tiles).
     b_lin = tl.zeros([BV], dtype=tl.float32)
-    b_lin_den = tl.sum(tl.zeros([SF], dtype=tl.float32), 0)
+    b_lin_den = tl.zeros([], dtype=tl.float32)
     for f0 in tl.static_range(0, BF, SF):
         o_fc = f0 + tl.arange(0, SF)
         m_fc = o_fc < F
@@ -167,7 +154,7 @@ def hybrid_decode_kernel(
         b_S = tl.load(S + o_fc[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [SF, BV] fp32
         b_z = tl.load(z + o_fc, mask=m_fc, other=0.0)  # [SF]
         if LIN:
-            b_fkn = tl.where(new_is_sink, 0.0, _vec_at(fk, f0, F, SF))  # [SF]
+            b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, f0, F, SF))  # [SF]
             b_S += b_fkn[:, None] * b_v[None, :]
             b_z += b_fkn
         elif TK:
@@ -180,10 +167,10 @@ def hybrid_decode_kernel(
                 b_S += tl.dot(tl.trans(b_fkr.to(DT)), b_vr.to(DT), input_precision=PREC)
                 b_z += tl.sum(b_fkr, 0)
         else:
-            b_fkr = _row_at(fkb, slot, m_r, F, f0, SF)  # [SF]
-            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
+            b_fkr = _row(fkb, slot, m_r, F, f0, SF)  # [SF]
+            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, 0, BV)[None, :]
             b_z += b_fkr
-        b_fq = _vec_at(fq, f0, F, SF)  # [SF]
+        b_fq = _vec(fq, f0, F, SF)  # [SF]
         b_lin += tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
         b_lin_den += tl.sum(b_fq * b_z, 0)
         if changed:
@@ -231,7 +218,7 @@ def hybrid_decode_kernel(
         m_ring = p >= NS
         tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=_all(o_k < K, m_ring))
         tl.store(vb + slot * V + o_v, b_v.to(vb.dtype.element_ty), mask=_all(o_v < V, m_ring))
-        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
+        tl.store(fkb + slot * F + o_f, _vec(fk, 0, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
 
 
 def _window_start(last: torch.Tensor, window: int, kind: str) -> torch.Tensor:

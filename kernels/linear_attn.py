@@ -45,9 +45,9 @@ saves y (in v's dtype) and den ([B, H, T] fp32) beside the inputs and the segmen
 backward recomputes no output: kernel 1 takes dd from y (as FlashAttention's backward takes rowsum(dO * O)
 from its output; in half precision dd then carries y's rounding, ~2^-9 relative) and writes it ([B, H, T]
 fp32) for kernel 2. That drops three of kernel 1's seven dots per chunk (fq fk^T, A v, fq S) and, unfused,
-its loads of the query features. With the fused map both kernels recompute phi and back-propagate through the softmaxes to the
-gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f] in x's dtype: the
-difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
+its loads of the query features. With the fused map both kernels recompute phi and back-propagate through
+the softmaxes to the gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f]
+in x's dtype: the difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
 (dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
 accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled.
 """
@@ -216,9 +216,9 @@ def linear_attn_bwd_dq_kernel(
         o_t = i_t * BT + o_c
         m_t = o_t < T
         b_k = load_rows(k, o_t, m_t, K, BK)
-        if HEDGEHOG:
-            b_pq = hedgehog_fwd(load_rows(q, o_t, m_t, K, BK), b_wq, m_t, FH, BF, PREC, PAIRED)[1]  # [BT, BF]
-            b_fk = hedgehog_fwd(b_k, b_wk, m_t, FH, BF, PREC, PAIRED)[0].to(DT).to(tl.float32)  # as _features
+        if HEDGEHOG:  # the query map only for its softmax (hedgehog_dz); fq itself is dead code here
+            _, b_fk, b_pq, _ = _features(load_rows(q, o_t, m_t, K, BK), b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG,
+                                         PREC, DT, PAIRED)  # fmt: skip
         else:
             b_pq = b_k  # placeholder
             b_fk = b_k
