@@ -291,17 +291,14 @@ def bench_decode(results, contexts):
             rows.append(dict(context=ctx, step=label, us=us, bound_us=bound_us, ratio_to_bound=us / bound_us,
                              achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
             print(f"decode ctx {ctx:>7} {label:<28} {us:8.1f} us  bound {bound_us:6.1f} us  ({us / bound_us:.2f}x)")
-    # window keys per tile of the kernel's loops x state rows held at a time (None: the whole state)
-    tiles, default_tile, default_rows = [], decode_mod.DECODE_TILE, decode_mod.DECODE_STATE_ROWS
-    for tile, state_rows in itertools.product((32, 64), (None, 32)):
-        decode_mod.DECODE_TILE, decode_mod.DECODE_STATE_ROWS = tile, state_rows
+    tiles, default_tile = [], decode_mod.DECODE_TILE  # window keys per tile of the kernel's loops
+    for tile in (32, 64):
+        decode_mod.DECODE_TILE = tile
         for label, pos in steps(32768):
             us = time_step(pos)
-            tiles.append(dict(context=32768, step=label, tile=tile, state_rows=state_rows, us=us,
-                              ratio_to_bound=us / bound_us))  # fmt: skip
-            print(f"decode tile {tile:>3} state rows {str(state_rows):>4} {label:<28} {us:8.1f} us  "
-                  f"({us / bound_us:.2f}x bound)")  # fmt: skip
-    decode_mod.DECODE_TILE, decode_mod.DECODE_STATE_ROWS = default_tile, default_rows
+            tiles.append(dict(context=32768, step=label, tile=tile, us=us, ratio_to_bound=us / bound_us))
+            print(f"decode tile {tile:>3} {label:<28} {us:8.1f} us  ({us / bound_us:.2f}x bound)")
+    decode_mod.DECODE_TILE = default_tile
     fla_us = None
     try:
         from fla.ops.linear_attn import fused_recurrent_linear_attn
@@ -323,7 +320,7 @@ def bench_decode(results, contexts):
     results["decode"] = dict(
         batch=Bd, heads=Hd, head_dim=D, features=F, window=w, kind="tk", ring_slots=wc, dtype=str(DTYPE),
         bytes_per_step=total, measured_copy_bandwidth_GBps=bw / 1e9, bound_us=bound_us, rows=rows,
-        tile_default=default_tile, state_rows_default=default_rows, tile_sweep=tiles,
+        tile_default=default_tile, tile_sweep=tiles,
         fla_fused_recurrent_us=fla_us, cache_MiB_constant=cache_mib, softmax_kv_cache_MiB_at_32k=kv_cache_mib_32k,
         timing="triton.testing.do_bench_cudagraph median (one step captured in a CUDA graph)",
     )  # fmt: skip

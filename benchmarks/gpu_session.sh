@@ -13,12 +13,11 @@
 #   linear    the linear kernels' GPU tests, then bench_attention.py at 1k / 4k / 16k / 64k: SDPA, fla, ours
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
-#   decode    the decode step alone (bench_attention.py --providers none)
+#   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x split sweep)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
-#   paired    profile_kernels.py for the fused Hedgehog op at 4k / 16k, then with --paired-map-reductions
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
@@ -81,7 +80,9 @@ for step in "$@"; do
             run 200 quadratic python3 benchmarks/bench_attention.py --no-decode --lengths 8192 \
                 --providers triton_hybrid_tk lolcats_quadratic_tk naive_hybrid_tk --out "$OUT/quadratic.json" ;;
         decode)
-            run 90 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
+            run 120 decode-tests python3 -m pytest -m gpu tests/kernels/test_decode_kernel.py \
+                tests/models/test_triton_decode_cache.py --timeout 90 -p no:cacheprovider -rA -q
+            run 150 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
         profile)
             run 200 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
         profile-split)  # the hybrid backward split (window kernels + state scans) against its single-scan kernels
@@ -105,11 +106,6 @@ for step in "$@"; do
                 --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile.json"
             run 60 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
                 --no-direct-launch --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile-off.json" ;;
-        paired)  # the fused Hedgehog map's paired reductions (linear_attn.PAIRED_MAP_REDUCTIONS) against two each
-            run 120 paired-off python3 benchmarks/profile_kernels.py --lengths 4096 16384 --ops triton_hedgehog_f64 \
-                --out "$OUT/paired-off.json"
-            run 120 paired-on python3 benchmarks/profile_kernels.py --lengths 4096 16384 --ops triton_hedgehog_f64 \
-                --paired-map-reductions --out "$OUT/paired-on.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;

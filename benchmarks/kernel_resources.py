@@ -10,7 +10,7 @@ that decided tile sizes and warp counts here (see benchmarks/README.md). It does
 
 Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256; the single-scan
 backward and the split one of hybrid_window_split.py), the segment state kernel, and the decode step (tk, window
-64, F = D = 128, 64-key tiles, 128 / 64 / 32 state rows at a time); each with the num_warps x num_stages
+64, F = D = 128, 64- and 32-key tiles); each with the num_warps x num_stages
 candidates of --configs (the decode step launches with 4 warps).
 """
 
@@ -92,18 +92,16 @@ def cases(chunk: int):
     for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
                         ("hedgehog f=128", 128, 256)):  # fmt: skip
         K = F if f == 0 else 128
-        for paired in (False, True) if f else (False,):  # the map's paired reductions (PAIRED_MAP_REDUCTIONS)
-            name = f"{label} paired" if paired else label
-            ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
-                      PREC="tf32", LOWP=True, PAIRED=paired)  # fmt: skip
-            yield f"{name} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
-            bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
-            yield f"{name} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
-            yield f"{name} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
-            yield f"{name} segment state", sg.segment_state_kernel, dict(
-                H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
-                PREC="tf32", LOWP=True, PAIRED=paired,
-            )  # fmt: skip
+        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, PREC="tf32",
+                  LOWP=True)  # fmt: skip
+        yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
+        bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
+        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
+        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
+        yield f"{label} segment state", sg.segment_state_kernel, dict(
+            H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
+            PREC="tf32", LOWP=True,
+        )  # fmt: skip
     for F in (128, 256):
         ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
                   LOWP=True, WIN_ONLY=True)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)
@@ -117,11 +115,11 @@ def cases(chunk: int):
         yield f"hybrid F={F} split window dk/dv", hs.window_dkv_kernel, win
         yield f"hybrid F={F} split linear dk/dv", hs.linear_dkv_kernel, lin
         yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
-    if chunk == 32:  # the decode step has no token tiles: once, per state rows held at a time (DECODE_STATE_ROWS)
-        for SF in (128, 64, 32):
-            yield f"decode tk SF={SF}", dec.hybrid_decode_kernel, dict(
-                H=32, K=128, V=128, F=128, WC=128, NSC=1, BK=128, BV=128, BF=128, BC=64, BS=16, TK=True,
-                LIN=False, PREC="tf32", SF=SF,
+    if chunk == 32:  # the decode step has no token tiles: once, per key tile of its window loop (DECODE_TILE)
+        for BC in (64, 32):
+            yield f"decode tk BC={BC}", dec.hybrid_decode_kernel, dict(
+                H=32, K=128, V=128, F=128, WC=128, NSC=1, BK=128, BV=128, BF=128, BC=BC, BS=16, TK=True,
+                LIN=False, PREC="tf32",
             )  # fmt: skip
 
 

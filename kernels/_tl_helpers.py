@@ -107,69 +107,48 @@ def load_w2(p, K: tl.constexpr, FH: tl.constexpr, BK: tl.constexpr, BF: tl.const
 
 
 @triton.jit
-def _max_pair(a_e, a_o, b_e, b_o):
-    return tl.maximum(a_e, b_e), tl.maximum(a_o, b_o)
+def parity_max(b_x, m_even):
+    """Row maxima of b_x [BT, BF] over its even and its odd columns."""
+    return tl.max(tl.where(m_even, b_x, float("-inf")), 1), tl.max(tl.where(m_even, float("-inf"), b_x), 1)
 
 
 @triton.jit
-def _sum_pair(a_e, a_o, b_e, b_o):
-    return a_e + b_e, a_o + b_o
+def parity_sum(b_x, m_even):
+    """Row sums of b_x [BT, BF] over its even and its odd columns."""
+    return tl.sum(tl.where(m_even, b_x, 0.0), 1), tl.sum(tl.where(m_even, 0.0, b_x), 1)
 
 
 @triton.jit
-def parity_max(b_x, m_even, PAIRED: tl.constexpr):
-    """Row maxima of b_x [BT, BF] over its even and its odd columns: two reductions, or with PAIRED one
-    reduction of the pair (one exchange between warps instead of two; same values)."""
-    b_e = tl.where(m_even, b_x, float("-inf"))
-    b_o = tl.where(m_even, float("-inf"), b_x)
-    if PAIRED:
-        return tl.reduce((b_e, b_o), 1, _max_pair)
-    return tl.max(b_e, 1), tl.max(b_o, 1)
-
-
-@triton.jit
-def parity_sum(b_x, m_even, PAIRED: tl.constexpr):
-    """Row sums of b_x [BT, BF] over its even and its odd columns (see parity_max)."""
-    b_e = tl.where(m_even, b_x, 0.0)
-    b_o = tl.where(m_even, 0.0, b_x)
-    if PAIRED:
-        return tl.reduce((b_e, b_o), 1, _sum_pair)
-    return tl.sum(b_e, 1), tl.sum(b_o, 1)
-
-
-@triton.jit
-def hedgehog_fwd(b_x, b_w2, m_t, FH: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr, PAIRED: tl.constexpr):
+def hedgehog_fwd(b_x, b_w2, m_t, FH: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):
     """phi(x) for a tile: b_x [BT, BK], b_w2 [BK, BF] (see load_w2) -> (phi [BT, BF], softmaxes [BT, BF]).
 
     Even columns hold softmax(z), odd columns softmax(-z), each normalised over its own parity. The
     softmaxes are also returned unclamped for the backward. Rows beyond T (m_t False) and padded
-    features get phi = 0, so they add nothing to any sum. PAIRED: each parity's two reductions as one
-    (parity_max, parity_sum).
+    features get phi = 0, so they add nothing to any sum.
     """
     b_z = tl.dot(b_x.to(b_w2.dtype), b_w2, input_precision=PREC)  # [BT, BF] = (z_0, -z_0, z_1, -z_1, ...)
     o_c = tl.arange(0, BF)
     m_even = (o_c % 2 == 0)[None, :]
     m_c = ((o_c // 2) < FH)[None, :]
     b_zm = tl.where(m_c, b_z, float("-inf"))
-    mx_e, mx_o = parity_max(b_zm, m_even, PAIRED)
+    mx_e, mx_o = parity_max(b_zm, m_even)
     b_e = tl.exp(b_zm - tl.where(m_even, mx_e[:, None], mx_o[:, None]))  # 0 on padded features
-    s_e, s_o = parity_sum(b_e, m_even, PAIRED)
+    s_e, s_o = parity_sum(b_e, m_even)
     b_p = b_e / tl.where(m_even, s_e[:, None], s_o[:, None])  # [BT, BF]
     b_phi = tl.where(m_c & m_t[:, None], tl.maximum(b_p, PHI_MIN), 0.0)
     return b_phi, b_p
 
 
 @triton.jit
-def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr, PAIRED: tl.constexpr):
+def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr):
     """Back through the two softmaxes and the clamp of phi: d phi [BT, BF] -> dz [BT, BF], the gradient of
     z2 = x W2 (interleaved, see load_w2). The clamp passes gradient where softmax >= 1e-12; softmax
     backward per parity is p (g - sum(g p)). The projection's own backward (dx = dz W2^T, dW2 = x^T dz)
     is left to the launcher: as GEMMs over the whole sequence they keep two [K, F] matrices out of the
-    kernels' registers. With W = W2[:, 0::2] = -W2[:, 1::2], d/d(x W) = dz[:, 0::2] - dz[:, 1::2].
-    PAIRED: see hedgehog_fwd."""
+    kernels' registers. With W = W2[:, 0::2] = -W2[:, 1::2], d/d(x W) = dz[:, 0::2] - dz[:, 1::2]."""
     m_even = (tl.arange(0, BF) % 2 == 0)[None, :]
     b_g = tl.where(b_p >= PHI_MIN, b_dphi, 0.0)
-    s_e, s_o = parity_sum(b_g * b_p, m_even, PAIRED)
+    s_e, s_o = parity_sum(b_g * b_p, m_even)
     return b_p * (b_g - tl.where(m_even, s_e[:, None], s_o[:, None]))  # [BT, BF]
 
 

@@ -48,21 +48,18 @@ from ._utils import block, check_same_dtype_device, check_tensor, dot_precision,
 # Window keys per tile of the decode kernel's loops on the GPU (module-level so benchmarks can sweep it).
 # H100, batch 16 x 32 heads, D = F = 128, tk window 64 (results/*-2026-11-23-decode-session4.json): 64 keys
 # took 48.2 / 57.8 us at a full window / a block start against 51.7 / 61.7 us with 32, the same (44 us)
-# with a window of 65 keys.
+# with a window of 65 keys. Rejected on the H200 (B16 H32 D=F=128, tk w = 64; results/*-2026-12-01-decode-
+# session9-*-rejected.json): holding the state 32 rows at a time (168 registers without spills against 255
+# with 1,216 B compiled for sm_90): 42.1-44.2 against 39.4 us mid-block, 62.9-69.5 against 51.3 at a block
+# start; spreading a head's step over 1, 2 or 4 state programs (value columns) plus a window program, then
+# a finishing kernel for y and the ring: 39.9-45.2 against 41.1 us mid-block, 54.0-66.4 against 52.4 at
+# a block start; 8 warps: 51-91 us. The step waits on latency, not on bytes or occupancy.
 DECODE_TILE = 64
-# State rows the decode kernel holds in registers at a time (module-level so benchmarks can sweep it); None:
-# the whole [F, D] state at once. At F = D = 128 in fp32 the whole state is 128 registers per thread of a
-# 4-warp program. Compiled for sm_90 (Triton 3.9, benchmarks/kernel_resources.py --only decode, 4 warps): the
-# whole state with 64-key tiles takes 255 registers and spills 1,216 B (two programs per SM); 32 rows with
-# 32-key tiles take 168 and no spills (three per SM). Not timed on a GPU yet: bench_attention.py's decode
-# sweep runs both tile sizes with and without it.
-DECODE_STATE_ROWS: int | None = None
 
 
 @triton.jit
-def _vec(p, c0, N: tl.constexpr, BN: tl.constexpr):
-    """Elements [c0, c0 + BN) of a length-N vector as fp32, zero past N."""
-    o = c0 + tl.arange(0, BN)
+def _vec(p, N: tl.constexpr, BN: tl.constexpr):
+    o = tl.arange(0, BN)
     return tl.load(p + o, mask=o < N, other=0.0).to(tl.float32)
 
 
@@ -74,18 +71,9 @@ def _all(m_vec, m):
 
 
 @triton.jit
-def _cols(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
-    """Columns [c0, c0 + BN) of rows r of a contiguous [*, N] matrix as an fp32 [len(r), BN] tile, zero where
-    the row mask m is False or past N."""
-    o = c0 + tl.arange(0, BN)
-    return tl.load(p + r[:, None] * N + o[None, :], mask=m[:, None] & (o < N)[None, :], other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _row(p, r, m, N: tl.constexpr, c0, BN: tl.constexpr):
-    """Columns [c0, c0 + BN) of row r of a contiguous [*, N] matrix as fp32, zero where the scalar mask m is
-    False or past N."""
-    o = c0 + tl.arange(0, BN)
+def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
+    """Row r of a contiguous [*, N] matrix as an fp32 [BN] vector, zero where the scalar mask m is False."""
+    o = tl.arange(0, BN)
     return tl.load(p + r * N + o, mask=_all(o < N, m), other=0.0).to(tl.float32)
 
 
@@ -105,11 +93,10 @@ def hybrid_decode_kernel(
     q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
-    LIN: tl.constexpr, PREC: tl.constexpr, SF: tl.constexpr,
+    LIN: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
-    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact). SF: state rows per step of
-    the state loop (a power of two dividing BF, >= 16 for the tk fold's dot)."""
+    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact)."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
@@ -127,55 +114,45 @@ def hybrid_decode_kernel(
     fkb += i_bh64 * WC * F
     ks += i_bh64 * NSC * K
     vs += i_bh64 * NSC * V
-    b_q, b_k, b_v = _vec(q, 0, K, BK), _vec(k, 0, K, BK), _vec(v, 0, V, BV)  # new token, [BK] / [BV]
+    b_q, b_k, b_v = _vec(q, K, BK), _vec(k, K, BK), _vec(v, V, BV)  # new token, [BK] / [BV]
+    b_fq = _vec(fq, F, BF)
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
+    m_fv = (o_f < F)[:, None] & (o_v < V)[None, :]
+    b_S = tl.load(S + o_f[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV] fp32
+    b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
     new_is_sink = p < NS
-    # which keys leave the window at this step (folded into S, z below), and whether S, z change
+    # (1) fold the keys that leave the window at this step into S, z
     if LIN:  # window 0: the new token is linear for itself unless it is a sink
+        b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
+        b_S += b_fkn[:, None] * b_v[None, :]
+        b_z += b_fkn
         changed = p >= NS
-    elif TK:  # a whole block of W keys at once, BC rows per dot
-        n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
-        first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
-        changed = n_fold > 0
-    else:  # one key: an exact fp32 rank-1 update
-        m_r = (p >= W) & (p - W >= NS)
-        changed = m_r
-    # (1) fold those keys into S, z and (2) take the linear terms fq S, fq . z, writing S, z back in place
-    # when (1) changed them (tk: once per block of w steps); SF rows of the [F, D] state at a time, so that
-    # one program holds [SF, D] of it in registers (SF = BF: the whole state at once). Done before the
-    # window loop so the state is dead during it (registers for wider key tiles).
-    b_lin = tl.zeros([BV], dtype=tl.float32)
-    b_lin_den = tl.zeros([], dtype=tl.float32)
-    for f0 in tl.static_range(0, BF, SF):
-        o_fc = f0 + tl.arange(0, SF)
-        m_fc = o_fc < F
-        m_fv = m_fc[:, None] & (o_v < V)[None, :]
-        b_S = tl.load(S + o_fc[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [SF, BV] fp32
-        b_z = tl.load(z + o_fc, mask=m_fc, other=0.0)  # [SF]
-        if LIN:
-            b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, f0, F, SF))  # [SF]
-            b_S += b_fkn[:, None] * b_v[None, :]
-            b_z += b_fkn
-        elif TK:
+    else:
+        if TK:  # a whole block of W keys at once, BC rows per dot
+            n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
+            first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
             DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
             for r0 in range(0, n_fold, BC):
                 o_r = r0 + tl.arange(0, BC)
-                m_rows = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
-                b_fkr = _cols(fkb, slot + o_r, m_rows, F, f0, SF)  # [BC, SF]
-                b_vr = _rows(vb, slot + o_r, m_rows, V, BV)  # [BC, BV]
-                b_S += tl.dot(tl.trans(b_fkr.to(DT)), b_vr.to(DT), input_precision=PREC)
+                m_r = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
+                b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
+                b_S += tl.dot(tl.trans(b_fkr.to(DT)), _rows(vb, slot + o_r, m_r, V, BV).to(DT), input_precision=PREC)
                 b_z += tl.sum(b_fkr, 0)
-        else:
-            b_fkr = _row(fkb, slot, m_r, F, f0, SF)  # [SF]
-            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, 0, BV)[None, :]
+            changed = n_fold > 0
+        else:  # one key: an exact fp32 rank-1 update
+            m_r = (p >= W) & (p - W >= NS)
+            b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
+            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
             b_z += b_fkr
-        b_fq = _vec(fq, f0, F, SF)  # [SF]
-        b_lin += tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
-        b_lin_den += tl.sum(b_fq * b_z, 0)
-        if changed:
-            tl.store(S + o_fc[:, None] * V + o_v[None, :], b_S, mask=m_fv)
-            tl.store(z + o_fc, b_z, mask=m_fc)
+            changed = m_r
+    # (2) the linear terms, and the state written back when (1) changed it (tk: once per block of w steps).
+    # Done before the window loop so the [F, D] state is dead during it (registers for wider key tiles).
+    b_lin = tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
+    b_lin_den = tl.sum(b_fq * b_z, 0)
+    if changed:
+        tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
+        tl.store(z + o_f, b_z, mask=o_f < F)
     # (3) attention over window keys with an online max: the new token, ring slots, sinks
     b_sn = tl.sum(b_q * b_k, 0) * scale
     if LIN:
@@ -218,7 +195,7 @@ def hybrid_decode_kernel(
         m_ring = p >= NS
         tl.store(kb + slot * K + o_k, b_k.to(kb.dtype.element_ty), mask=_all(o_k < K, m_ring))
         tl.store(vb + slot * V + o_v, b_v.to(vb.dtype.element_ty), mask=_all(o_v < V, m_ring))
-        tl.store(fkb + slot * F + o_f, _vec(fk, 0, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
+        tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
 
 
 def _window_start(last: torch.Tensor, window: int, kind: str) -> torch.Tensor:
@@ -342,14 +319,6 @@ class RingHybridCache:
         return c
 
 
-def _state_rows(F: int) -> int:
-    """SF for the kernel: DECODE_STATE_ROWS (at least 16, at most the padded feature dim), or all of it."""
-    BF = block(F)
-    if DECODE_STATE_ROWS is None:
-        return BF
-    return min(BF, max(16, block(DECODE_STATE_ROWS)))
-
-
 def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *, scale=None, eps=1e-12):
     """One token for every sequence of the batch: q, k [B, H, 1, K], v [B, H, 1, D], fq, fk [B, H, 1, F].
 
@@ -389,7 +358,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
-        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), SF=_state_rows(F),
+        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
         num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:
         # 8 warps took 90.7 us per step against 53.9 us with 4 (benchmarks/results/*-decode-*.json)
     )  # fmt: skip

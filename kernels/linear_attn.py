@@ -88,12 +88,6 @@ from .segments import bounds_tensor, plan_segments, segment_states
 
 LINEAR_EPS = 1e-12
 
-# The fused Hedgehog map's per-parity row reductions (max, then sum, each over the even and the odd columns)
-# as one reduction of the pair instead of two (_tl_helpers.parity_max / parity_sum): compiled for sm_90 the
-# fused kernels hold 22-24 reductions per chunk and twice the barriers of the unfused ones. Same values.
-# Not timed on a GPU yet, so off (benchmarks/profile_kernels.py --paired-map-reductions compares).
-PAIRED_MAP_REDUCTIONS = False
-
 # Two candidates (every extra one costs a compile per shape and dtype). Compiled for sm_90 without a GPU
 # (ptxas -v, bf16, K = D = F = 128), 8 warps and 32-token tiles spill the least registers: 0.07-0.7 KB
 # (linear) and 0.04-2.4 KB (hybrid) per kernel, against 2.4-4.3 KB and up to 6.3 KB with 4 warps at 64-token
@@ -105,20 +99,20 @@ _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
 )
-_KEY = ["K", "V", "FH", "BT", "BV", "HEDGEHOG", "LOWP", "GK", "GV", "PAIRED"]
+_KEY = ["K", "V", "FH", "BT", "BV", "HEDGEHOG", "LOWP", "GK", "GV"]
 
 
 @triton.jit
 def _features(b_q, b_k, b_wq, b_wk, m_t, FH: tl.constexpr, BF: tl.constexpr, HEDGEHOG: tl.constexpr,
-              PREC: tl.constexpr, DT: tl.constexpr, PAIRED: tl.constexpr):  # fmt: skip
+              PREC: tl.constexpr, DT: tl.constexpr):  # fmt: skip
     """(fq, fk, softmax of q, softmax of k) for a chunk: Hedgehog computed in registers, or the inputs.
 
     The features are rounded to the dot operand type DT once, here, so that the normaliser sums (z, row
     sums of A) see the same values as the dots: numerator and denominator stay consistent, and y = v
     exactly where every weight falls on one key."""
     if HEDGEHOG:
-        b_fq, b_pq = hedgehog_fwd(b_q, b_wq, m_t, FH, BF, PREC, PAIRED)  # [BT, BF]
-        b_fk, b_pk = hedgehog_fwd(b_k, b_wk, m_t, FH, BF, PREC, PAIRED)
+        b_fq, b_pq = hedgehog_fwd(b_q, b_wq, m_t, FH, BF, PREC)  # [BT, BF]
+        b_fk, b_pk = hedgehog_fwd(b_k, b_wk, m_t, FH, BF, PREC)
         b_fq = b_fq.to(DT).to(tl.float32)
         b_fk = b_fk.to(DT).to(tl.float32)
     else:
@@ -133,7 +127,7 @@ def linear_attn_fwd_kernel(
     q, k, v, wq, wk, s0, z0, o, den, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, PAIRED: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BV), NSEG, B*H): segment i_s of chunks [i_s CPS, (i_s + 1) CPS), starting from the
     state (s0, z0) of all earlier segments. q, k: [B, H, T, K] (features when not HEDGEHOG, K = F). Writes
@@ -162,7 +156,7 @@ def linear_attn_fwd_kernel(
         m_t = o_t < T
         b_q = load_rows(q, o_t, m_t, K, BK)  # [BT, BK]
         b_k = load_rows(k, o_t, m_t, K, BK)
-        b_fq, b_fk, _, _ = _features(b_q, b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG, PREC, DT, PAIRED)
+        b_fq, b_fk, _, _ = _features(b_q, b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG, PREC, DT)
         m_tv = m_t[:, None] & (tl.arange(0, BV) < NV)[None, :]  # [BT, BV]
         p_v = o_t[:, None] * V + tl.arange(0, BV)[None, :]
         b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
@@ -183,7 +177,7 @@ def linear_attn_bwd_dq_kernel(
     q, k, v, do, y, wq, wk, s0, z0, dq, den, dd, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, PAIRED: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H), from the forward's output y and normaliser den: write
     dd [B, H, T] and dq [B, H, T, GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f;
@@ -218,7 +212,7 @@ def linear_attn_bwd_dq_kernel(
         b_k = load_rows(k, o_t, m_t, K, BK)
         if HEDGEHOG:  # the query map only for its softmax (hedgehog_dz); fq itself is dead code here
             _, b_fk, b_pq, _ = _features(load_rows(q, o_t, m_t, K, BK), b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG,
-                                         PREC, DT, PAIRED)  # fmt: skip
+                                         PREC, DT)  # fmt: skip
         else:
             b_pq = b_k  # placeholder
             b_fk = b_k
@@ -235,7 +229,7 @@ def linear_attn_bwd_dq_kernel(
             + b_dd[:, None] * b_z[None, :]
         )  # [BT, BF]
         if HEDGEHOG:  # d(q W) [BT, BF / 2] from d(q W2) [BT, BF]
-            store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF, PAIRED), BT, BF), o_t, m_t, GW, BF // 2)
+            store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF), BT, BF), o_t, m_t, GW, BF // 2)
         else:
             store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
@@ -248,7 +242,7 @@ def linear_attn_bwd_dkv_kernel(
     q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, PAIRED: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
     segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z = k W with the fused
@@ -282,7 +276,7 @@ def linear_attn_bwd_dkv_kernel(
         m_t = o_t < T
         b_q = load_rows(q, o_t, m_t, K, BK)
         b_k = load_rows(k, o_t, m_t, K, BK)
-        b_fq, b_fk, _, b_pk = _features(b_q, b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG, PREC, DT, PAIRED)
+        b_fq, b_fk, _, b_pk = _features(b_q, b_k, b_wq, b_wk, m_t, FH, BF, HEDGEHOG, PREC, DT)
         b_v = load_rows(v, o_t, m_t, V, BV)  # [BT, BV]
         b_do = load_rows(do, o_t, m_t, V, BV)
         b_den = tl.load(den + o_t, mask=m_t, other=1.0)  # [BT]
@@ -298,7 +292,7 @@ def linear_attn_bwd_dkv_kernel(
         b_dv = dot(tl.trans(b_A), b_dn, DT, PREC) + dot(b_fk, b_P, DT, PREC)
         store_rows(dv, b_dv, o_t, m_t, V, BV)
         if HEDGEHOG:  # d(k W) [BT, BF / 2] from d(k W2) [BT, BF]
-            store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF, PAIRED), BT, BF), o_t, m_t, GW, BF // 2)
+            store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF), BT, BF), o_t, m_t, GW, BF // 2)
         else:
             store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)
@@ -331,7 +325,7 @@ def _segment_bounds(T, chunk_size, cps, n_seg, device):
 def _state_args(q, wq, sz):
     """segment_states arguments shared by the forward and reverse state sums."""
     return dict(H=q.shape[1], FH=sz["FH"], BT=sz["BT"], BK=sz["BK"], BF=sz["BF"], BV=sz["BV"],
-                prec=dot_precision(q.dtype), lowp=_lowp(q, wq, sz), paired=PAIRED_MAP_REDUCTIONS)  # fmt: skip
+                prec=dot_precision(q.dtype), lowp=_lowp(q, wq, sz))  # fmt: skip
 
 
 def _forward_states(q, k, v, wq, wk, sz, segment_chunks):
@@ -366,7 +360,7 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
     launch(
         linear_attn_fwd_kernel, grid,
         q, k, v, q if wq is None else wq, k if wk is None else wk, s0, z0, o, den, T, eps, n_seg,
-        H=H, GK=GK, GV=GV, CPS=cps, BV=BV, BVS=BVS, HEDGEHOG=wq is not None, PAIRED=PAIRED_MAP_REDUCTIONS,
+        H=H, GK=GK, GV=GV, CPS=cps, BV=BV, BVS=BVS, HEDGEHOG=wq is not None,
         PREC=dot_precision(q.dtype), LOWP=_lowp(q, wq, dict(sz, BV=BVS)), **sz,
     )  # fmt: skip
     return o, (den, s0, z0, cps)
@@ -392,7 +386,7 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
     dq = q.new_empty(B, H, T, GW)
     dk = q.new_empty(B, H, T, GW, dtype=torch.float32 if (GK > 1 and not hedgehog) else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
-    common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PAIRED=PAIRED_MAP_REDUCTIONS,
+    common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog,
                   PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused

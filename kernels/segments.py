@@ -54,14 +54,13 @@ _PROGRAMS_PER_SM = 8
 _MIN_SEGMENT_TOKENS = 512
 
 
-@triton.autotune(configs=_CONFIGS, key=["K", "V", "FH", "BT", "BF", "BV", "HEDGEHOG", "REVERSE", "LOWP", "GX", "GY",
-                                       "PAIRED"])
+@triton.autotune(configs=_CONFIGS, key=["K", "V", "FH", "BT", "BF", "BV", "HEDGEHOG", "REVERSE", "LOWP", "GX", "GY"])
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def segment_state_kernel(
     x, w, y, SYB, SYH, SYT, den, dd, bounds, s_out, z_out, T, NSEG,
     H: tl.constexpr, GX: tl.constexpr, GY: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
-    HEDGEHOG: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, PAIRED: tl.constexpr,
+    HEDGEHOG: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). x [B, H/GX, T, K] (features, or raw with the Hedgehog projection w [H, K, FH]);
     y [B, H/GY, T, V] with element strides SYB, SYH, SYT (its last dim contiguous). Writes
@@ -85,7 +84,7 @@ def segment_state_kernel(
         m_j = o_j < hi
         b_x = load_rows(x, o_j, m_j, K, BK)  # [BT, BK]
         if HEDGEHOG:
-            b_f, _ = hedgehog_fwd(b_x, b_w, m_j, FH, BF, PREC, PAIRED)  # [BT, BF]
+            b_f, _ = hedgehog_fwd(b_x, b_w, m_j, FH, BF, PREC)  # [BT, BF]
             b_f = b_f.to(DT).to(tl.float32)  # as the attention kernels round it (linear_attn._features)
         else:
             b_f = b_x
@@ -165,13 +164,12 @@ def split_states(states: torch.Tensor, BF: int, BV: int) -> tuple[torch.Tensor, 
 
 
 def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp, den=None, dd=None,
-                   inclusive=False, paired=False):  # fmt: skip
+                   inclusive=False):  # fmt: skip
     """The state each segment starts from: segment_state_kernel's per-segment sums, then one scan over them
     (prefix sums forward; suffix sums in reverse, i.e. when den, dd are given), exclusive or ``inclusive``.
 
     Returns views (S [B*H, NSEG, BF, BV], z [B*H, NSEG, BF]) fp32 of one buffer [B*H, NSEG, BF*BV + BF]
-    (``split_states``), so that one scan launch covers both. ``paired``: the fused Hedgehog map's paired
-    reductions (linear_attn.PAIRED_MAP_REDUCTIONS)."""
+    (``split_states``), so that one scan launch covers both."""
     B, T = x.shape[0], x.shape[2]
     n_seg = bounds.shape[0]
     if y.stride(3) != 1:
@@ -186,7 +184,7 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
         x, x if w is None else w, y, *y.stride()[:3], den if reverse else S, dd if reverse else S, bounds, S, z, T,
         n_seg,
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
-        HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp, PAIRED=paired,
+        HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
     )  # fmt: skip
     scan_segments_(states, reverse=reverse, inclusive=inclusive)
     return S, z

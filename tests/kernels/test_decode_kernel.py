@@ -14,7 +14,6 @@ from lolcats_lab.attention.hybrid import naive_hybrid_attn
 from lolcats_lab.attention.hybrid_decode import hybrid_decode_step as torch_decode_step
 from lolcats_lab.attention.hybrid_decode import prefill_hybrid_cache
 from lolcats_lab.kernels import triton_hybrid_decode_step as hybrid_decode_step
-import lolcats_lab.kernels.decode as decode_module
 from lolcats_lab.kernels.decode import RingHybridCache
 from tests.tolerances import TOLERANCES, check_close, rel_rms
 
@@ -57,22 +56,6 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
     y_dec, cache = decode_all(xs, cache, prompt)
     check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
     assert cache.pos.tolist() == [T] * B
-
-
-@pytest.mark.parametrize("kind,window,sinks,prompt", [("tk", 4, 0, 3), ("sw", 4, 3, 0), ("tk", 0, 2, 1)], ids=str)
-def test_decode_state_in_row_chunks_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
-    """The state loop over 16 rows at a time (DECODE_STATE_ROWS; F = 40: three chunks, the last one part
-    padding, and one all padding of BF = 64) gives the full pass: the tk block fold, the sw rank-1 fold, and
-    window 0 (the new token folded, sinks exact), with the state written back chunk by chunk."""
-    monkeypatch.setattr(decode_module, "DECODE_STATE_ROWS", 16)
-    B, H, T, K, F, D = 2, 2, 11, 12, 40, 9
-    xs = make_seq(B, H, T, K, F, D, seed=3)
-    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
-    y_full = naive_hybrid_attn(*xs, **cfg)
-    cache = RingHybridCache.from_prompt(*(x[:, :, :prompt] for x in (xs[1], xs[2], xs[4])), **cfg)
-    y_dec, cache = decode_all(xs, cache, prompt)
-    check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
-    assert decode_module._state_rows(F) == 16 and decode_module._state_rows(8) == 16
 
 
 def test_decode_matches_torch_decode_step_and_state():

@@ -191,22 +191,6 @@ def test_hedgehog_fused_matches_feature_map(case, dtype):
         check_close(name, a, b, ratio=10 * TOLERANCES[dtype]["ratio"], atol=1e-5)
 
 
-def test_hedgehog_paired_reductions_match_naive(monkeypatch):
-    """PAIRED_MAP_REDUCTIONS (each parity's max and sum as one reduction of the pair) gives the reference
-    output and gradients, over two segments (the segment state kernels compute the map too)."""
-    monkeypatch.setattr(linear_attn_module, "PAIRED_MAP_REDUCTIONS", True)
-    inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=2, VH=2, T=40, K=12, f=6, D=10, seed=7)
-
-    def fused(q, k, v, wq, wk):
-        return triton_hedgehog_linear_attn(q, k, v, wq, wk, chunk_size=16, segment_chunks=2)
-
-    y_ref, g_ref = run_with_grads(reference, inputs, do)
-    y, g_out = run_with_grads(fused, inputs, do)
-    compare("y", y_ref, y, torch.float32)
-    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
-        check_close(name, a, b, ratio=1e-4, atol=1e-5)
-
-
 def test_hedgehog_fused_grouped_query_heads():
     """q with 4 heads, k and v with 2: per-query-head maps on the shared keys (as after repeat_kv)."""
     torch.manual_seed(0)
