@@ -18,6 +18,7 @@
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
+#             (linear, fused Hedgehog, hybrid)
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
@@ -96,16 +97,18 @@ for step in "$@"; do
             run 150 profile-linear python3 benchmarks/profile_kernels.py --lengths 4096 16384 \
                 --ops triton_linear triton_hedgehog_f64 --out "$OUT/profile-linear.json" ;;
         direct)  # kept compiled kernels (_launch.DIRECT_LAUNCH) against Triton's launch path: tests, then 1k / 4k
-            run 150 direct-tests python3 -m pytest -m gpu tests/kernels/test_launch.py \
+            run 240 direct-tests python3 -m pytest -m gpu tests/kernels/test_launch.py \
                 tests/kernels/test_linear_attn_kernel.py tests/kernels/test_hybrid_attn_kernel.py \
-                tests/kernels/test_hedgehog_hybrid_kernel.py -k "not fp32" \
+                tests/kernels/test_hedgehog_hybrid_kernel.py tests/kernels/test_hedgehog_map_kernel.py \
+                tests/kernels/test_segments.py tests/kernels/test_decode_kernel.py -k "not fp32" \
                 --timeout 90 -p no:cacheprovider -rA -q
             run 150 direct-bench python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 16384 \
-                --providers sdpa triton_linear triton_hybrid_tk --out "$OUT/direct-bench.json"
-            run 60 direct-profile python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
-                --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile.json"
-            run 60 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
-                --no-direct-launch --ops triton_linear triton_hybrid_tk --out "$OUT/direct-profile-off.json" ;;
+                --providers sdpa triton_linear triton_hedgehog_f64 triton_hybrid_tk --out "$OUT/direct-bench.json"
+            run 90 direct-profile python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
+                --ops triton_linear triton_hedgehog_f64 triton_hybrid_tk --out "$OUT/direct-profile.json"
+            run 90 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
+                --no-direct-launch --ops triton_linear triton_hedgehog_f64 triton_hybrid_tk \
+                --out "$OUT/direct-profile-off.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;

@@ -12,12 +12,14 @@ Past the autotuner, Triton's ``JITFunction.run`` still binds every argument, spe
 16-byte alignment of pointers, integers divisible by 16 or equal to 1), builds a cache key, reads its
 knobs and checks the kernel's globals on every launch: about 70 us per launch under cProfile on the H200
 machine's host, of which the launch itself is about a third. With ``DIRECT_LAUNCH`` (on a GPU, not in the
-interpreter) :func:`launch` keeps the compiled kernel Triton returns, keyed by the choice key above and a
-specialisation of the runtime arguments at least as fine as Triton's (:func:`argument_signature`), and
-later calls with the same key launch it through ``CompiledKernel.run`` with the arguments in signature
-order, exactly as the last lines of ``JITFunction.run`` do. Anything the key cannot vouch for (an argument
-of another kind, a compile-time parameter given by position, a registered launch hook, a parameter left
-to its default) takes Triton's own path.
+interpreter) :func:`launch` keeps the compiled kernel Triton returns, keyed by the kernel, its keyword
+arguments and a specialisation of the runtime arguments at least as fine as Triton's
+(:func:`argument_signature`, which holds the dtypes, so the choice key follows from it), and later calls
+with the same key launch it through ``CompiledKernel.run`` with the arguments in signature order, exactly
+as the last lines of ``JITFunction.run`` do; that lookup comes first, before the choice key is built.
+:func:`launch_jit` does the same for plain ``@triton.jit`` kernels (the Hedgehog map, the segment scan,
+the decode step). Anything the key cannot vouch for (an argument of another kind, a compile-time parameter
+given by position, a registered launch hook, a parameter left to its default) takes Triton's own path.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from ._utils import is_interpreter
 # docstring). False: every launch goes through JITFunction.run (benchmarks compare both).
 DIRECT_LAUNCH = True
 
-_CHOSEN: dict[tuple, dict] = {}  # (kernel id, constexprs, dtypes) -> the chosen config's launch options
-# (choice key, argument signature, device) -> (CompiledKernel, the parameters after the positional ones)
+_CHOSEN: dict[tuple, dict] = {}  # (kernel id, keyword arguments, dtypes) -> the chosen config's launch options
+# ((kernel id, keyword arguments), argument signature, device) -> (CompiledKernel, the parameters after the
+# positional ones)
 _COMPILED: dict[tuple, tuple] = {}
 _INT32 = (-(2**31), 2**31)
 
@@ -71,37 +74,48 @@ def argument_signature(args) -> tuple | None:
 
 
 def _hooks_registered() -> bool:
-    """Whether a launch hook (a profiler such as proton) is registered: those launches take Triton's path,
-    which builds the launch metadata the hooks read."""
+    """Whether a launch hook (a profiler such as proton) is registered."""
     hook = _knobs.runtime.launch_enter_hook
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
-def _direct(key, kernel, grid, args, kwargs, options) -> bool:
-    """Launch through a kept CompiledKernel when one matches; keep the one Triton compiles otherwise.
-    Returns whether the launch happened here."""
+def _direct_ok() -> bool:
+    """Whether launches may go through kept compiled kernels now: DIRECT_LAUNCH, a GPU rather than the
+    interpreter, and no launch hook registered (a profiler such as proton reads the metadata that Triton's
+    path builds)."""
+    return DIRECT_LAUNCH and _knobs is not None and not is_interpreter() and not _hooks_registered()
+
+
+def _launch_kept(base, grid, args) -> tuple[tuple | None, bool]:
+    """Launch the CompiledKernel kept for ``base`` (kernel id, keyword arguments) and these arguments'
+    signature on the current device, as the last lines of JITFunction.run do. Returns (spec, launched):
+    spec is the key to keep a compiled kernel under, None when the arguments cannot be keyed."""
     signature = argument_signature(args)
-    if _knobs is None or signature is None or _hooks_registered():
-        return False
+    if signature is None:
+        return None, False
     device = torch.cuda.current_device()
-    spec = (key, signature, device)
+    spec = (base, signature, device)
     kept = _COMPILED.get(spec)
     if kept is None:
-        compiled = kernel.fn[grid](*args, **kwargs, **options)  # JITFunction.run returns the CompiledKernel
-        merged = {**kwargs, **options}
-        names = kernel.fn.arg_names[len(args):]
-        # a compile-time parameter given by position would be keyed by its signature, not its value
-        positional_constexpr = any(p.is_constexpr for p in kernel.fn.params[: len(args)])
-        if (compiled is not None and hasattr(compiled, "packed_metadata") and not positional_constexpr
-                and all(n in merged for n in names)):  # fmt: skip
-            _COMPILED[spec] = (compiled, tuple(merged[n] for n in names))
-        return True
+        return spec, False
     compiled, tail = kept
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
-    stream = _raw_stream(device)
-    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
+    compiled.run(g0, g1, g2, _raw_stream(device), compiled.function, compiled.packed_metadata, None,
                  _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook, *args, *tail)  # fmt: skip
-    return True
+    return spec, True
+
+
+def _compile_and_keep(spec, fn, grid, args, kwargs, options) -> None:
+    """Launch through Triton's JITFunction ``fn`` and keep the CompiledKernel it returns under ``spec``, with
+    the parameters after the positional ones in signature order, when that list is complete."""
+    compiled = fn[grid](*args, **kwargs, **options)  # JITFunction.run returns the CompiledKernel
+    merged = {**kwargs, **options}
+    names = fn.arg_names[len(args):]
+    # a compile-time parameter given by position would be keyed by its signature, not its value
+    positional_constexpr = any(p.is_constexpr for p in fn.params[: len(args)])
+    if (compiled is not None and hasattr(compiled, "packed_metadata") and not positional_constexpr
+            and all(n in merged for n in names)):  # fmt: skip
+        _COMPILED[spec] = (compiled, tuple(merged[n] for n in names))
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -110,14 +124,40 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     The key holds every keyword argument (the compile-time ones here, a superset of the autotuner's key)
     and the dtypes of the tensor arguments, so a new shape class or dtype goes through the autotuner
     again; integer arguments such as the sequence length are not part of it (the kernels do not
-    specialise on them, and the autotuner does not key on them either). ``grid``: a tuple."""
-    key = (id(kernel), tuple(kwargs.items()), tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+    specialise on them, and the autotuner does not key on them either). ``grid``: a tuple. Once a config
+    is chosen, a kept compiled kernel serves every later call whose argument signature it was compiled
+    for (the signature holds the dtypes, so the choice key follows from it)."""
+    base = (id(kernel), tuple(kwargs.items()))
+    spec = None
+    if _direct_ok():
+        spec, launched = _launch_kept(base, grid, args)
+        if launched:
+            return
+    key = base + (tuple(a.dtype for a in args if isinstance(a, torch.Tensor)),)
     options = _CHOSEN.get(key)
     if options is None:
         kernel[grid](*args, **kwargs)
         _CHOSEN[key] = kernel.best_config.all_kwargs()
-    elif not (DIRECT_LAUNCH and not is_interpreter() and _direct(key, kernel, grid, args, kwargs, options)):
+    elif spec is not None:
+        _compile_and_keep(spec, kernel.fn, grid, args, kwargs, options)
+    else:
         kernel.fn[grid](*args, **kwargs, **options)
+
+
+def launch_jit(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` for a plain ``@triton.jit`` kernel (launch options such as
+    ``num_warps`` among the keyword arguments): the first call per keyword arguments and argument signature
+    goes through Triton, later ones through the CompiledKernel it returned (as :func:`launch` does after
+    autotuning)."""
+    spec = None
+    if _direct_ok():
+        spec, launched = _launch_kept((id(kernel), tuple(kwargs.items())), grid, args)
+        if launched:
+            return
+    if spec is not None:
+        _compile_and_keep(spec, kernel, grid, args, kwargs, {})
+    else:
+        kernel[grid](*args, **kwargs)
 
 
 def forget_choices() -> None:

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_jit
 from ._tl_helpers import load_rows as _rows
 from ._utils import block, check_same_dtype_device, check_tensor, dot_precision, is_interpreter
 
@@ -352,7 +353,8 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
     gamma = torch.sigmoid(window_logit.float()).contiguous()
     scale = K**-0.5 if scale is None else float(scale)
     y = torch.empty_like(v)
-    hybrid_decode_kernel[(B * H,)](
+    launch_jit(
+        hybrid_decode_kernel, (B * H,),
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), gamma,
         cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_jit
 from ._tl_helpers import PHI_MIN, load_rows, store_rows
 from ._utils import block, check_device, check_projection, check_tensor, dot_precision, multiprocessors
 
@@ -191,7 +192,7 @@ def map_forward(x, w):
     """Launch the forward: phi [B, H, T, 2f] in x's dtype (x contiguous [B, H, T, K], w [H, K, f])."""
     grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD, _NUM_WARPS)
     phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
-    hedgehog_map_fwd_kernel[grid](x, w, phi, x.shape[2], tpp, **meta)
+    launch_jit(hedgehog_map_fwd_kernel, grid, x, w, phi, x.shape[2], tpp, **meta)
     return phi
 
 
@@ -208,8 +209,9 @@ def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
     stages, warps = (_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD, _NUM_WARPS)
     grid, tpp, meta = _launch_args(x, w, _BT_BWD, stages, warps)
     dz = x.new_empty(*x.shape[:3], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: a pointer never written
-    hedgehog_map_bwd_kernel[grid](
-        x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp, WRITE_DZ=need_dz, ADD_DX=add_dx, **meta,
+    launch_jit(
+        hedgehog_map_bwd_kernel, grid, x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp,
+        WRITE_DZ=need_dz, ADD_DX=add_dx, **meta,
     )  # fmt: skip
     return dz if need_dz else None
 

@@ -692,7 +692,7 @@ def _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV):
     # over t first (a contiguous reduction), then over b: one sum over dims (0, 2) runs as a strided reduce
     # kernel, and the linearized 8B stage-2 profile on an H200 had 0.8 ms (32 calls) more of that kernel than
     # the softmax model's (results/NVIDIA_H200-8b-lora-2026-12-01-baseline.json)
-    d_logit = -(1.0 - gamma) * dm.sum(dim=2).sum(dim=0)  # [H]
+    d_logit = (gamma - 1.0) * dm.sum(dim=2).sum(dim=0)  # [H]; -(1 - gamma) as one op
     return dq, dk, dv, dfq, dfk, d_logit
 
 

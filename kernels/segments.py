@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch, launch_jit
 from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2, strided_head_offset
-from ._launch import launch
 from ._utils import autotune_configs, check_segment_chunks, multiprocessors
 
 _CONFIGS = autotune_configs(
@@ -233,8 +233,9 @@ def scan_segments_(t: torch.Tensor, *, reverse: bool, inclusive: bool) -> torch.
     # hence every bit of a segment's sum, does not depend on how many segments follow it
     bs = 16
     bn = min(4096 // bs, triton.next_power_of_2(n))
-    segment_scan_kernel[(triton.cdiv(n, bn), rows)](
-        t, n_seg, N=n, BN=bn, BS=bs, REVERSE=reverse, INCLUSIVE=inclusive, num_warps=4
+    launch_jit(
+        segment_scan_kernel, (triton.cdiv(n, bn), rows),
+        t, n_seg, N=n, BN=bn, BS=bs, REVERSE=reverse, INCLUSIVE=inclusive, num_warps=4,
     )  # fmt: skip
     return t
 

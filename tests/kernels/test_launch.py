@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 import lolcats_lab.kernels._launch as launch_module
-from lolcats_lab.kernels._launch import argument_signature, forget_choices, launch
+from lolcats_lab.kernels._launch import argument_signature, forget_choices, launch, launch_jit
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -162,6 +162,23 @@ def test_a_compile_time_parameter_given_by_position_is_never_kept(gpu_like):
     assert [entry[0] for entry in log] == ["autotuner", "triton", "triton"]
 
 
+def test_plain_jit_kernel_is_kept_after_its_first_launch(gpu_like, monkeypatch):
+    """launch_jit: Triton's path once per keyword arguments and signature, then the kept kernel, its launch
+    options (num_warps) left out of the parameter list; a launch hook sends it back to Triton's path."""
+    log = []
+    kernel = _Jit(log)
+    x = torch.zeros(8)
+    for _ in range(3):
+        launch_jit(kernel, (4,), x, 5, N=16, BLOCK=32, num_warps=4)
+    launch_jit(kernel, (4,), x, 5, N=16, BLOCK=64, num_warps=4)  # another compile-time value: Triton again
+    assert [entry[0] for entry in log] == ["triton", "compiled", "compiled", "triton"]
+    assert log[0][3] == dict(N=16, BLOCK=32, num_warps=4)
+    assert log[1][1][:7] == (4, 1, 1, 1234, "function-handle", "packed", None) and log[1][1][9:] == (x, 5, 16, 32)
+    monkeypatch.setattr(triton.knobs.runtime.launch_enter_hook, "calls", [lambda metadata: None])
+    launch_jit(kernel, (4,), x, 5, N=16, BLOCK=32, num_warps=4)
+    assert log[-1][0] == "triton"
+
+
 def test_argument_signature():
     x = torch.zeros(8)
     assert argument_signature([x]) == ((torch.float32, True),)
@@ -174,6 +191,22 @@ def test_argument_signature():
         ("i", False, False, True, False),
     )
     assert argument_signature([None]) is None
+
+
+@triton.jit
+def add_two_kernel(x, N: tl.constexpr):
+    o = tl.arange(0, N)
+    tl.store(x + o, tl.load(x + o) + 2)
+
+
+def test_launch_jit_runs_the_kernel():
+    """launch_jit launches (interpreter on CPU, Triton then the kept kernel on a GPU): three calls add 6."""
+    forget_choices()
+    x = torch.zeros(16, device=DEVICE)
+    for _ in range(3):
+        launch_jit(add_two_kernel, (1,), x, N=16, num_warps=1)
+    assert torch.equal(x, torch.full((16,), 6.0, device=DEVICE))
+    forget_choices()
 
 
 @pytest.mark.gpu
