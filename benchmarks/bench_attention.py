@@ -394,8 +394,6 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="sweep our kernels' tile size and segment plan, then exit")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>-<date>.json)")
     ap.add_argument("--plot", type=Path, help="write a plotly HTML figure for this results JSON and exit")
-    ap.add_argument("--fused-map-dx", action="store_true",
-                    help="the fused Hedgehog backward writes the inputs' gradients (linear_attn.FUSED_MAP_DX)")
     args = ap.parse_args(argv)
     if args.plot:
         return plot(args.plot)
@@ -403,11 +401,7 @@ def main(argv=None):
         print("bench_attention.py needs a CUDA GPU (the kernels are timed on the device); nothing to do here.")
         return 0
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
-    if args.fused_map_dx:
-        import lolcats_lab.kernels.linear_attn as linear_module
-
-        linear_module.FUSED_MAP_DX = True
-    env = dict(environment(), fused_map_dx=args.fused_map_dx)
+    env = environment()
     print(json.dumps(env))
     if args.tune:
         rows = tune(lengths, args.providers)

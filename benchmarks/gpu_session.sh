@@ -19,8 +19,6 @@
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
 #             (linear, fused Hedgehog, hybrid)
-#   fused-dx  the fused Hedgehog backward writing dq, dk itself (--fused-map-dx): its test, profiles at 8k / 16k
-#             off and on, then fla and the fused op side by side at 1k..64k with it on
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
@@ -111,15 +109,6 @@ for step in "$@"; do
             run 90 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
                 --no-direct-launch --ops triton_linear triton_hedgehog_f64 triton_hybrid_tk \
                 --out "$OUT/direct-profile-off.json" ;;
-        fused-dx)  # the fused Hedgehog backward writing the inputs' gradients (linear_attn.FUSED_MAP_DX)
-            run 120 fused-dx-tests python3 -m pytest tests/kernels/test_linear_attn_kernel.py -k "input_gradients" \
-                --timeout 90 -p no:cacheprovider -rA -q
-            run 90 fused-dx-off python3 benchmarks/profile_kernels.py --lengths 8192 16384 --ops triton_hedgehog_f64 \
-                --out "$OUT/fused-dx-off.json"
-            run 90 fused-dx-on python3 benchmarks/profile_kernels.py --lengths 8192 16384 --ops triton_hedgehog_f64 \
-                --fused-map-dx --out "$OUT/fused-dx-on.json"
-            run 200 fused-dx-bench python3 benchmarks/bench_attention.py --no-decode --fused-map-dx \
-                --providers fla_chunk triton_hedgehog_f64 --out "$OUT/fused-dx-bench.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;

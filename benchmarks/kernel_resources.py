@@ -74,7 +74,7 @@ def _types():
     return dict(
         q=bf, k=bf, v=bf, o=bf, do=bf, dq=bf, dk=bf, dv=bf, fq=bf, fk=bf, dfq=bf, dfk=bf, x=bf, y=bf,
         wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
-        mx=f32, dm=f32, dx=bf, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
+        mx=f32, dm=f32, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
         SOB=i32, SOH=i32, SOT=i32, SYB=i32, SYH=i32, SYT=i32,
         S=f32, z=f32, kb=bf, vb=bf, fkb=bf, ks=bf, vs=bf, pos="*i64",
@@ -95,11 +95,9 @@ def cases(chunk: int):
         ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, PREC="tf32",
                   LOWP=True)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
-        for dx in (False, True) if f else (False,):  # with the fused map: x's gradient in the kernels or not
-            name = f"{label} +dx" if dx else label
-            bwd = dict(ce, GW=f if f else K, DX=dx)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
-            yield f"{name} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
-            yield f"{name} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
+        bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
+        yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
+        yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
         yield f"{label} segment state", sg.segment_state_kernel, dict(
             H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
             PREC="tf32", LOWP=True,

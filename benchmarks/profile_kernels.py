@@ -145,13 +145,7 @@ def main(argv=None):
                     help="the split backward's state scans on 32-token tiles, not the forward's wide ones")
     ap.add_argument("--no-direct-launch", action="store_true",
                     help="every launch through Triton's JITFunction.run, not the kept compiled kernels")
-    ap.add_argument("--fused-map-dx", action="store_true",
-                    help="the fused Hedgehog backward writes the inputs' gradients (linear_attn.FUSED_MAP_DX)")
     args = ap.parse_args(argv)
-    if args.fused_map_dx:
-        import lolcats_lab.kernels.linear_attn as linear_module
-
-        linear_module.FUSED_MAP_DX = True
     if args.no_direct_launch:
         import lolcats_lab.kernels._launch as launch_module
 
@@ -191,8 +185,7 @@ def main(argv=None):
     if args.out:
         args.out.write_text(json.dumps(dict(env=environment(), split_window_backward=not args.single_scan,
                                             wide_state_tiles=not args.narrow_scans,
-                                            direct_launch=not args.no_direct_launch,
-                                            fused_map_dx=args.fused_map_dx, rows=rows,
+                                            direct_launch=not args.no_direct_launch, rows=rows,
                                             host=host), indent=1))  # fmt: skip
         print(f"wrote {args.out}")
     return 0

@@ -100,13 +100,6 @@ _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=4, num_stages=2),
 )
 _KEY = ["K", "V", "FH", "BT", "BV", "HEDGEHOG", "LOWP", "GK", "GV"]
-_BWD_KEY = _KEY + ["DX"]
-
-# With the fused map, the backward kernels also write the input's gradient dx = dz2 W2^T [T, K] from dz2 in
-# registers (one more dot per chunk), instead of project_back's GEMM dx = dz W^T reading dz back from memory
-# (keys: only when each key head serves one query head; grouped keys sum over their query heads in the
-# GEMM). Off until timed on a GPU (benchmarks/profile_kernels.py --fused-map-dx compares).
-FUSED_MAP_DX = False
 
 
 @triton.jit
@@ -178,18 +171,17 @@ def linear_attn_fwd_kernel(
         b_z += tl.sum(b_fk, 0)
 
 
-@triton.autotune(configs=_CONFIGS, key=_BWD_KEY)
+@triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dq_kernel(
-    q, k, v, do, y, wq, wk, s0, z0, dq, dx, den, dd, T, NSEG,
+    q, k, v, do, y, wq, wk, s0, z0, dq, den, dd, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, DX: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H), from the forward's output y and normaliser den: write
     dd [B, H, T] and dq [B, H, T, GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f;
-    hedgehog_dz, pair_difference), and with DX also q's gradient dx [B, H, T, K] = d(q W2) W2^T.
-    Unfused, the query features are not read at all (dfq needs none).
+    hedgehog_dz, pair_difference). Unfused, the query features are not read at all (dfq needs none).
     (Summing the segment's reverse state P_s = sum fq dn^T here as well, instead of in a separate
     segment_state_kernel pass, was slower on an H200: benchmarks/README.md, session 8.)"""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
@@ -198,7 +190,6 @@ def linear_attn_bwd_dq_kernel(
     q += i_bq * T * K
     k += i_bk * T * K
     dq += i_bq * T * GW
-    dx += i_bq * T * K
     v += i_bv * T * V
     do += i_bq * T * V
     y += i_bq * T * V
@@ -238,35 +229,30 @@ def linear_attn_bwd_dq_kernel(
             + b_dd[:, None] * b_z[None, :]
         )  # [BT, BF]
         if HEDGEHOG:  # d(q W) [BT, BF / 2] from d(q W2) [BT, BF]
-            b_dz2 = hedgehog_dz(b_dfq, b_pq, BF)
-            store_rows(dq, pair_difference(b_dz2, BT, BF), o_t, m_t, GW, BF // 2)
-            if DX:
-                store_rows(dx, dot(b_dz2, tl.trans(b_wq), DT, PREC), o_t, m_t, K, BK)  # [BT, BK]
+            store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF), BT, BF), o_t, m_t, GW, BF // 2)
         else:
             store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
 
 
-@triton.autotune(configs=_CONFIGS, key=_BWD_KEY)
+@triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dkv_kernel(
-    q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, dx, T, NSEG,
+    q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, DX: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
     segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z = k W with the fused
-    map; with DX also k's gradient dx [B, H, T, K] = d(k W2) W2^T per query head), from den, dd of the dq
-    kernel."""
+    map), from den, dd of the dq kernel."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
     q += i_bq * T * K
     k += i_bk * T * K
     dk += i_bq * T * GW
-    dx += i_bq * T * K
     v += i_bv * T * V
     do += i_bq * T * V
     dv += i_bq * T * V
@@ -306,10 +292,7 @@ def linear_attn_bwd_dkv_kernel(
         b_dv = dot(tl.trans(b_A), b_dn, DT, PREC) + dot(b_fk, b_P, DT, PREC)
         store_rows(dv, b_dv, o_t, m_t, V, BV)
         if HEDGEHOG:  # d(k W) [BT, BF / 2] from d(k W2) [BT, BF]
-            b_dz2 = hedgehog_dz(b_dfk, b_pk, BF)
-            store_rows(dk, pair_difference(b_dz2, BT, BF), o_t, m_t, GW, BF // 2)
-            if DX:
-                store_rows(dx, dot(b_dz2, tl.trans(b_wk), DT, PREC), o_t, m_t, K, BK)  # [BT, BK]
+            store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF), BT, BF), o_t, m_t, GW, BF // 2)
         else:
             store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)
@@ -407,25 +390,19 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
                   PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
-    q_dx, k_dx = hedgehog and FUSED_MAP_DX, hedgehog and FUSED_MAP_DX and GK == 1  # x's gradient in the kernels
-    dqx = q.new_empty(B, H, T, K) if q_dx else dq  # [B, H, T, K]; dq: a pointer never written
-    dkx = k.new_empty(B, H, T, K) if k_dx else dk
-    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, dqx, den, dd, T, n_seg,
-           DX=q_dx, **common)  # fmt: skip
+    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     p0, r0 = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
-    launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, dkx, T,
-           n_seg, DX=k_dx, **common)  # fmt: skip
+    launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]
     if not hedgehog:
         if GK > 1:
             dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
         return dq, dk, dv, None, None
-    # the projection's backward: GEMMs over the whole sequence (dx only where the kernels did not write it)
-    dq, dwq = project_back(dq, q, wq, need_dx=not q_dx)
-    dk, dwk = project_back(dk, k, wk, need_dx=not k_dx)
-    return dqx if q_dx else dq, dkx if k_dx else dk, dv, dwq, dwk
+    dq, dwq = project_back(dq, q, wq)  # the projection's backward: two GEMMs over the whole sequence
+    dk, dwk = project_back(dk, k, wk)
+    return dq, dk, dv, dwq, dwk
 
 
 class LinearAttnFunction(torch.autograd.Function):
