@@ -49,7 +49,9 @@ its loads of the query features. With the fused map both kernels recompute phi a
 the softmaxes to the gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f]
 in x's dtype: the difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
 (dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
-accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled.
+accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled, and
+writing dx = d(x W2) W2^T from the kernels (one more dot per chunk, no GEMM reading dz back) made them slower
+by more than the GEMM took on the H200 (16k: 5.19 against 5.01 ms, results/*-session9-fused-dx-rejected.json).
 """
 
 from __future__ import annotations
