@@ -164,8 +164,9 @@ benchmark_figure(results, mode="fwd+bwd", metric="peak_MiB").show()
 #
 # Later sessions ran it on an H200: the same chip's arithmetic, 1.4x the memory bandwidth. SDPA and our
 # linear kernels moved by a few percent; flash-linear-attention's chunk kernel gained more (8k: 2.87 ->
-# 2.48 ms), so the fused Hedgehog kernel, which waits on latency (one 8-warp program per SM, see the Nsight
-# Compute report in `benchmarks/results/`), is 3% *slower* than fla at 16k while faster at 8k, 32k and 64k.
+# 2.51 ms), so the fused Hedgehog kernel, which waits on latency (one 8-warp program per SM, see the Nsight
+# Compute report in `benchmarks/results/`), is 1-2% *slower* than fla at 8k and 16k while faster at 32k
+# and 64k (and, host-bound, below 8k).
 # Two changes since the H100 run: the hybrid's backward runs the window part as parallel kernels with no
 # state and the linear part as two scans that hold only the state (`kernels/hybrid_window_split.py`), and
 # the linear backward reads the output and normaliser the forward saved instead of recomputing them (its
@@ -174,7 +175,7 @@ benchmark_figure(results, mode="fwd+bwd", metric="peak_MiB").show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-H200 = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-session8.json").read_text())
+H200 = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-session9.json").read_text())
 ms200 = {(r["provider"], r["T"]): r["ms"] for r in H200["rows"] if r["mode"] == "fwd+bwd"}
 vs_fla = {T: ms200["triton_hedgehog_f64", T] / ms200["fla_chunk", T] for T in (8192, 16384, 32768, 65536)}
 hybrid_vs_linear = {T: ms200["triton_hybrid_tk", T] / ms200["triton_linear", T] for T in (8192, 16384, 32768, 65536)}
@@ -239,8 +240,11 @@ round(torch_share, 2)
 # host's. Our forward+backward launches five to seven kernels, so below a few thousand tokens it waits on
 # the host. `kernels/_launch.py` keeps each compiled kernel after its first launch and, while the
 # arguments' specialisation matches, launches it directly, skipping Triton's per-launch checks. Below:
-# one call on an H200, with and without that (`_launch.DIRECT_LAUNCH`). The GPU time (bars) is the same
-# in both. The wall time (dots) is what changes.
+# one call on an H200 (session 8, the autotuned kernels only), with and without that
+# (`_launch.DIRECT_LAUNCH`). The GPU time (bars) is the same in both. The wall time (dots) is what changes.
+# A later session sent the remaining launches (Hedgehog map, segment scan, decode step) the same way
+# (`_launch.launch_jit`): the hybrid at 4k then took 1.25 ms against 0.96 ms of GPU time, still waiting on
+# PyTorch's autograd and allocations.
 
 # %%
 direct = {
@@ -304,9 +308,12 @@ round(min(steps_us) / decode["bound_us"], 2), round(max(steps_us) / decode["boun
 # %% [markdown]
 # From 1k to 128k tokens of context the step time stays the same. The steps run 1.3-1.7x above the bound;
 # block starts cost the most (the fold is a [64, F] x [64, D] product per head). On an H200, with 1.4x the
-# memory bandwidth, the same kernel ran 1.66-2.15x above that machine's lower bound
-# (`NVIDIA_H200-2026-12-01-decode-session8.json`): the bound fell, the step hardly moved. The step waits
-# on the latency of its dependent loads (state, then each window tile), not on the bytes.
+# memory bandwidth, the same kernel ran 1.64-2.14x above that machine's lower bound
+# (`NVIDIA_H200-2026-12-01-decode-session9-state-rows-rejected.json`): the bound fell, the step hardly
+# moved. Three other layouts were timed there and lost: the state streamed 32 rows at a time (fewer
+# registers, more programs per SM), a head's step split over several programs plus a finishing kernel,
+# and 8 warps per program. The step waits on the latency of its dependent loads (state, then each window
+# tile), not on the bytes or the occupancy.
 
 # %% [markdown]
 # **Exercise.** The hybrid kernel's window spans the current and the previous 64-token block. Which part
