@@ -27,6 +27,7 @@
 #             tiles (sweep64: 64-token tiles, 2 stages; sweep-map: the Hedgehog map kernels at that shape)
 #   ncu       Nsight Compute on one call of each Triton kernel of the stage-2 layer (ncu_stage2_kernels.py): speed of
 #             light, occupancy, launch stats, warp stalls; text report in $OUT/ncu.log
+#   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
 #             the 2-GPU kind), layer-sharded and data parallel, and the throughput ratios from the timing.json
@@ -130,6 +131,11 @@ for step in "$@"; do
             run 240 ncu "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"hybrid|hedgehog" \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                 --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py ;;
+        ncu-decode)  # Nsight Compute on a mid-block and a block-start decode step; text report in $OUT/ncu-decode.log
+            NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+            run 180 ncu-decode "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"decode" \
+                --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py --decode ;;
         8b-gen)
             run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
                 --out "$OUT/8b-gen.json" ;;

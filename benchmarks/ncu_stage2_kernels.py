@@ -10,6 +10,10 @@ cudaProfilerStart/Stop, so that ``ncu --profile-from-start off`` reports exactly
 (``benchmarks/gpu_session.sh ncu`` runs that and keeps the text report.) What the report answers: whether
 each kernel is limited by memory bandwidth, issue, latency or occupancy (registers / shared memory per
 program), so that the next change is aimed, not guessed.
+
+``--decode``: instead, two decode steps at bench_attention.py's decode shape (batch 16, 32 heads, D = F = 128,
+tk window 64, bf16 ring): one mid-block (65 window keys) and one at a block start (64 keys fold into the
+state); ``gpu_session.sh ncu-decode``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,41 @@ import sys
 import torch
 
 
-def main() -> int:
+def _profiled(step) -> None:
+    """Run ``step`` once to compile (and autotune), then once between cudaProfilerStart/Stop."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def decode_steps(B=16, H=32, D=128, w=64, device="cuda", profiled=_profiled) -> None:
+    """A mid-block decode step and a block-start one, each profiled once (see the module docstring)."""
+    from lolcats_lab.kernels.decode import RingHybridCache, hybrid_decode_step
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, fq, fk = (torch.rand(B, H, 1, D, device=device, generator=g).bfloat16() for _ in range(5))
+    logit = torch.full((H,), -2.0, device=device)
+    cache = RingHybridCache.empty(B, H, D, D, D, window=w, kind="tk", device=device, dtype=torch.bfloat16)
+    for t in (cache.k_buf, cache.v_buf, cache.fk_buf, cache.S, cache.z):
+        t.copy_(torch.rand(t.shape, device=device, generator=g))
+    for pos in (512 * w + 1, 512 * w):  # mid-block, block start (at 32k context for w = 64)
+        def step(pos=pos):
+            cache.pos = pos
+            hybrid_decode_step(q, k, v, fq, fk, logit, cache)
+
+        profiled(step)
+    print("profiled a mid-block and a block-start decode step")
+
+
+def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("ncu_stage2_kernels.py needs a CUDA GPU; nothing to do here.")
+        return 0
+    if "--decode" in (sys.argv[1:] if argv is None else argv):
+        decode_steps()
         return 0
     from lolcats_lab.kernels import triton_hedgehog_hybrid_attn
 
@@ -36,12 +72,7 @@ def main() -> int:
         y = triton_hedgehog_hybrid_attn(q, k, v, wq, wk, logit, window=64, kind="tk")
         y.backward(dy)
 
-    step()  # compile (and autotune) outside the profiled range
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    _profiled(step)  # compiled (and autotuned) outside the profiled range
     print("profiled one forward+backward")
     return 0
 
