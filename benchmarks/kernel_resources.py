@@ -63,9 +63,12 @@ def compile_resources(kernel, types: dict, constexprs: dict, num_warps: int, num
     regs = re.search(r"Used (\d+) registers", report)
     spill = re.search(r"(\d+) bytes spill stores", report)
     shared = compiled.metadata.shared
+    ptx_text = compiled.asm["ptx"]  # warp shuffles and barriers: row reductions across lanes and warps
     return dict(
         shared_bytes=shared, fits_h100=shared <= H100_SMEM, registers=int(regs.group(1)) if regs else None,
         spill_store_bytes=int(spill.group(1)) if spill else None,
+        shuffles=len(re.findall(r"\bshfl\.sync\.", ptx_text)),
+        barriers=len(re.findall(r"\bbar\.sync\b", ptx_text)),
     )  # fmt: skip
 
 
@@ -139,9 +142,10 @@ def main(argv=None):
             for warps, stages in configs:
                 r = compile_resources(kernel, _types(), ce, warps, stages)
                 rows.append(dict(kernel=label, chunk=chunk, num_warps=warps, num_stages=stages, **r))
-                shown = r.get("error") or "shared {:>4} KB{}  registers {:>3}  spills {:>6} B".format(
+                layout = "shared {:>4} KB{}  registers {:>3}  spills {:>6} B  shfl {:>4}  bar {:>3}"
+                shown = r.get("error") or layout.format(
                     r["shared_bytes"] // 1024, "" if r["fits_h100"] else " (> 227 KB)", r["registers"],
-                    r["spill_store_bytes"],
+                    r["spill_store_bytes"], r["shuffles"], r["barriers"],
                 )
                 print(f"{label:<28} chunk {chunk:>3}  {warps} warps x {stages} stages  {shown}", flush=True)
     if args.out:

@@ -11,8 +11,10 @@ since the fused kernels' time over the unfused ones sits in the map work (benchm
     python benchmarks/map_layout_ptx.py --out benchmarks/results/map-layout-ptx-sm90-2026-12-01.json
 
 Counts are per map evaluation of one [BT, K] tile (bf16, K = 128, f = 64, BT = 32), read from the PTX that
-Triton emits for sm_90, at 8 and 4 warps. Not timed: a kernel built on the second layout would split every
-[F, *] operand and the [F, D] state into two halves.
+Triton emits for sm_90, at 8 and 4 warps. Alone, the second layout takes fewer shuffles and barriers at 8
+warps; inside the fused linear kernels, joined back to the interleaved features, it did not
+(benchmarks/README.md, "Not done"): a kernel built on it would have to keep the halves apart through every
+[F, *] operand and the [F, D] state.
 """
 
 from __future__ import annotations
