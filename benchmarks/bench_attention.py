@@ -291,14 +291,15 @@ def bench_decode(results, contexts):
             rows.append(dict(context=ctx, step=label, us=us, bound_us=bound_us, ratio_to_bound=us / bound_us,
                              achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
             print(f"decode ctx {ctx:>7} {label:<28} {us:8.1f} us  bound {bound_us:6.1f} us  ({us / bound_us:.2f}x)")
-    tiles, default_tile = [], decode_mod.DECODE_TILE  # window keys per tile of the kernel's loops
-    for tile in (32, 64):
-        decode_mod.DECODE_TILE = tile
+    # window keys per tile of the kernel's loops x its matrix-vector products as dots or row reductions
+    tiles, default_tile, default_dots = [], decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS
+    for tile, dots in itertools.product((32, 64), (False, True)):
+        decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS = tile, dots
         for label, pos in steps(32768):
             us = time_step(pos)
-            tiles.append(dict(context=32768, step=label, tile=tile, us=us, ratio_to_bound=us / bound_us))
-            print(f"decode tile {tile:>3} {label:<28} {us:8.1f} us  ({us / bound_us:.2f}x bound)")
-    decode_mod.DECODE_TILE = default_tile
+            tiles.append(dict(context=32768, step=label, tile=tile, dots=dots, us=us, ratio_to_bound=us / bound_us))
+            print(f"decode tile {tile:>3} dots {dots!s:<5} {label:<28} {us:8.1f} us  ({us / bound_us:.2f}x bound)")
+    decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS = default_tile, default_dots
     fla_us = None
     try:
         from fla.ops.linear_attn import fused_recurrent_linear_attn
@@ -320,7 +321,7 @@ def bench_decode(results, contexts):
     results["decode"] = dict(
         batch=Bd, heads=Hd, head_dim=D, features=F, window=w, kind="tk", ring_slots=wc, dtype=str(DTYPE),
         bytes_per_step=total, measured_copy_bandwidth_GBps=bw / 1e9, bound_us=bound_us, rows=rows,
-        tile_default=default_tile, tile_sweep=tiles,
+        tile_default=default_tile, dots_default=default_dots, tile_sweep=tiles,
         fla_fused_recurrent_us=fla_us, cache_MiB_constant=cache_mib, softmax_kv_cache_MiB_at_32k=kv_cache_mib_32k,
         timing="triton.testing.do_bench_cudagraph median (one step captured in a CUDA graph)",
     )  # fmt: skip

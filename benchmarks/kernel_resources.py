@@ -119,10 +119,10 @@ def cases(chunk: int):
         yield f"hybrid F={F} split linear dk/dv", hs.linear_dkv_kernel, lin
         yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
     if chunk == 32:  # the decode step has no token tiles: once, per key tile of its window loop (DECODE_TILE)
-        for BC in (64, 32):
-            yield f"decode tk BC={BC}", dec.hybrid_decode_kernel, dict(
+        for BC, dots in ((64, False), (32, False), (64, True), (32, True)):  # DECODE_TILE x DECODE_DOTS
+            yield f"decode tk BC={BC}{' dots' if dots else ''}", dec.hybrid_decode_kernel, dict(
                 H=32, K=128, V=128, F=128, WC=128, NSC=1, BK=128, BV=128, BF=128, BC=BC, BS=16, TK=True,
-                LIN=False, PREC="tf32",
+                LIN=False, PREC="tf32", DOTS=dots,
             )  # fmt: skip
 
 

@@ -56,6 +56,16 @@ from ._utils import block, check_same_dtype_device, check_tensor, dot_precision,
 # a finishing kernel for y and the ring: 39.9-45.2 against 41.1 us mid-block, 54.0-66.4 against 52.4 at
 # a block start; 8 warps: 51-91 us. The step waits on latency, not on bytes or occupancy.
 DECODE_TILE = 64
+# The step's three matrix-vector products (fq S over the state's rows, the window scores k . q over the head
+# dim, the weighted values sum_j p_j v_j over the keys) as tl.dot on a 16-row operand holding the vector in
+# row 0, instead of elementwise products and row reductions. Compiled for sm_90 (4 warps, 64-key tiles;
+# benchmarks/kernel_resources.py) the reductions make the step's 734 warp shuffles and 52 barriers, chains
+# of dependent exchanges in a kernel that waits on latency; with the dots 114 and 32 (spills 1,212 -> 1,032
+# B, shared memory 64 KB either way; 32-key tiles: 510 / 44 -> 118 / 30). Dots take the ring's dtype: bf16
+# window products are exact, and the fp32 state is rounded to it as a dot operand, as the training kernels
+# round it (an fp32 operand would take twice the shared memory: 128 KB compiled, one program per SM). Not
+# timed on a GPU yet, so off: `gpu_session.sh decode` sweeps tile x dots, and its GPU tests run both.
+DECODE_DOTS = False
 
 
 @triton.jit
@@ -79,14 +89,37 @@ def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _online(b_m, b_acc, b_l, b_s, b_vr):
+def _vec_mat(b_x, b_m, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """b_x [N] @ b_m [N, C] -> [C] fp32: a row reduction, or with DOTS one tl.dot with b_x in row 0 of a
+    [16, N] operand (the tensor cores' smallest M) and the other rows zero, read back by a sum over 16 rows."""
+    if DOTS:
+        b_a = tl.where((tl.arange(0, 16) == 0)[:, None], b_x[None, :], 0.0)  # [16, N]
+        b_out = tl.sum(tl.dot(b_a.to(DT), b_m.to(DT), input_precision=PREC), 0)
+    else:
+        b_out = tl.sum(b_x[:, None] * b_m, 0)
+    return b_out
+
+
+@triton.jit
+def _mat_vec(b_m, b_x, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """b_m [R, N] @ b_x [N] -> [R] fp32 (see _vec_mat)."""
+    if DOTS:
+        b_a = tl.where((tl.arange(0, 16) == 0)[:, None], b_x[None, :], 0.0)  # [16, N]
+        b_out = tl.sum(tl.dot(b_m.to(DT), tl.trans(b_a.to(DT)), input_precision=PREC), 1)
+    else:
+        b_out = tl.sum(b_m * b_x[None, :], 1)
+    return b_out
+
+
+@triton.jit
+def _online(b_m, b_acc, b_l, b_s, b_vr, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Online softmax update with scores b_s [BC] (-inf = not a window key) and values b_vr [BC, BV].
     Safe when nothing was seen yet (b_m = -inf: the first block, or only linear keys)."""
     m_new = tl.maximum(b_m, tl.max(b_s, 0))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(b_m - m_use)  # 0 while b_m = -inf
     b_p = tl.exp(b_s - m_use)  # 0 on invalid slots
-    return m_new, b_acc * alpha + tl.sum(b_p[:, None] * b_vr, 0), b_l * alpha + tl.sum(b_p, 0)
+    return m_new, b_acc * alpha + _vec_mat(b_p, b_vr, DOTS, DT, PREC), b_l * alpha + tl.sum(b_p, 0)
 
 
 @triton.jit(do_not_specialize=["W", "NS"])
@@ -94,10 +127,10 @@ def hybrid_decode_kernel(
     q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
-    LIN: tl.constexpr, PREC: tl.constexpr,
+    LIN: tl.constexpr, PREC: tl.constexpr, DOTS: tl.constexpr,
 ):  # fmt: skip
     """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
-    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact)."""
+    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact). DOTS: DECODE_DOTS."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
@@ -123,6 +156,7 @@ def hybrid_decode_kernel(
     b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
     new_is_sink = p < NS
+    RT = kb.dtype.element_ty  # the window dots' operand type (DOTS): the ring's
     # (1) fold the keys that leave the window at this step into S, z
     if LIN:  # window 0: the new token is linear for itself unless it is a sink
         b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
@@ -149,7 +183,7 @@ def hybrid_decode_kernel(
             changed = m_r
     # (2) the linear terms, and the state written back when (1) changed it (tk: once per block of w steps).
     # Done before the window loop so the [F, D] state is dead during it (registers for wider key tiles).
-    b_lin = tl.sum(b_fq[:, None] * b_S, 0)  # [BV]
+    b_lin = _vec_mat(b_fq, b_S, DOTS, RT, PREC)  # [BV]; DOTS: the state rounded to the ring's type
     b_lin_den = tl.sum(b_fq * b_z, 0)
     if changed:
         tl.store(S + o_f[:, None] * V + o_v[None, :], b_S, mask=m_fv)
@@ -176,13 +210,13 @@ def hybrid_decode_kernel(
             m_s = o_p < p
             o_s = o_p % WC  # their slots
             b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
-            b_s = tl.where(m_s, tl.sum(b_kr * b_q[None, :], 1) * scale, float("-inf"))  # [BC]
-            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV))
+            b_s = tl.where(m_s, _mat_vec(b_kr, b_q, DOTS, RT, PREC) * scale, float("-inf"))  # [BC]
+            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV), DOTS, RT, PREC)
     o_n = tl.arange(0, BS)
     m_n = (o_n < NS) & (o_n < p)  # sinks before the new token
     b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]
-    b_s = tl.where(m_n, tl.sum(b_kn * b_q[None, :], 1) * scale, float("-inf"))
-    b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vs, o_n, m_n, V, BV))
+    b_s = tl.where(m_n, _mat_vec(b_kn, b_q, DOTS, RT, PREC) * scale, float("-inf"))
+    b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vs, o_n, m_n, V, BV), DOTS, RT, PREC)
     # (4) output
     b_num = gamma * b_acc + b_lin  # [BV]
     b_den = gamma * b_l + b_lin_den + eps
@@ -360,7 +394,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
-        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype),
+        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=DECODE_DOTS,
         num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:
         # 8 warps took 90.7 us per step against 53.9 us with 4 (benchmarks/results/*-decode-*.json)
     )  # fmt: skip

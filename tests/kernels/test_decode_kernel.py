@@ -13,6 +13,7 @@ import torch
 from lolcats_lab.attention.hybrid import naive_hybrid_attn
 from lolcats_lab.attention.hybrid_decode import hybrid_decode_step as torch_decode_step
 from lolcats_lab.attention.hybrid_decode import prefill_hybrid_cache
+import lolcats_lab.kernels.decode as decode_module
 from lolcats_lab.kernels import triton_hybrid_decode_step as hybrid_decode_step
 from lolcats_lab.kernels.decode import RingHybridCache
 from tests.tolerances import TOLERANCES, check_close, rel_rms
@@ -56,6 +57,21 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
     y_dec, cache = decode_all(xs, cache, prompt)
     check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
     assert cache.pos.tolist() == [T] * B
+
+
+@pytest.mark.parametrize("kind,window,sinks,prompt", [("tk", 4, 0, 3), ("sw", 4, 3, 0), ("tk", 0, 2, 1)], ids=str)
+def test_decode_with_dots_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
+    """DECODE_DOTS (fq S, the window scores and the weighted values as tl.dot on 16-row operands) gives the
+    full pass: the tk block fold, the sw rank-1 fold with sinks, window 0 (the new token folded, sinks
+    exact); F = 40 and D = 24 pad the dots' columns."""
+    monkeypatch.setattr(decode_module, "DECODE_DOTS", True)
+    B, H, T, K, F, D = 2, 2, 11, 12, 40, 24
+    xs = make_seq(B, H, T, K, F, D, seed=3)
+    cfg = dict(window=window, kind=kind, sink_tokens=sinks)
+    y_full = naive_hybrid_attn(*xs, **cfg)
+    cache = RingHybridCache.from_prompt(*(x[:, :, :prompt] for x in (xs[1], xs[2], xs[4])), **cfg)
+    y_dec, cache = decode_all(xs, cache, prompt)
+    check_close("y", y_full[:, :, prompt:], y_dec, **TOLERANCES[torch.float32])
 
 
 def test_decode_matches_torch_decode_step_and_state():
@@ -182,9 +198,12 @@ def test_decode_bad_inputs():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dots", [False, True], ids=["reductions", "dots"])
 @pytest.mark.parametrize("kind", ["tk", "sw"])
-def test_gpu_decode_bf16(kind):
-    """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 40 steps: within 5e-3 relative RMS."""
+def test_gpu_decode_bf16(kind, dots, monkeypatch):
+    """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 40 steps: within 5e-3 relative RMS, with
+    row reductions and with DECODE_DOTS (the state then rounded to bf16 as a dot operand)."""
+    monkeypatch.setattr(decode_module, "DECODE_DOTS", dots)
     xs = make_seq(4, 8, 340, 128, 128, 128, dtype=torch.bfloat16)
     cfg = dict(window=64, kind=kind, sink_tokens=0)
     y_full = naive_hybrid_attn(*[x.float() for x in xs[:5]], xs[5], **cfg)
