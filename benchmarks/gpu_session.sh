@@ -13,7 +13,7 @@
 #   linear    the linear kernels' GPU tests, then bench_attention.py at 1k / 4k / 16k / 64k: SDPA, fla, ours
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
-#   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x split sweep)
+#   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x DECODE_DOTS sweep)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)

@@ -10,8 +10,9 @@ that decided tile sizes and warp counts here (see benchmarks/README.md). It does
 
 Shapes: linear (unfused F = 128 / 256, Hedgehog fused f = 64 / 128), hybrid tk (F = 128 / 256; the single-scan
 backward and the split one of hybrid_window_split.py), the segment state kernel, and the decode step (tk, window
-64, F = D = 128, 64- and 32-key tiles); each with the num_warps x num_stages
-candidates of --configs (the decode step launches with 4 warps).
+64, F = D = 128, 64- and 32-key tiles, with and without DECODE_DOTS); each with the num_warps x num_stages
+candidates of --configs (the decode step launches with 4 warps). Besides registers, spills and shared memory,
+each row counts the PTX's warp shuffles and barriers.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def cases(chunk: int):
     for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
                         ("hedgehog f=128", 128, 256)):  # fmt: skip
         K = F if f == 0 else 128
-        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, PREC="tf32",
-                  LOWP=True)  # fmt: skip
+        ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
+                  PREC="tf32", LOWP=True)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
         bwd = dict(ce, GW=f if f else K)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
         yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd

@@ -101,8 +101,9 @@ def _direct_ok() -> bool:
 def _launch_kept(base, grid, args) -> tuple[tuple | None, bool]:
     """Launch the CompiledKernel kept for ``base`` (kernel id, keyword arguments) and these arguments'
     signature on the current device, as the last lines of JITFunction.run do. Returns (spec, launched):
-    spec is the key to keep a compiled kernel under, None when the arguments cannot be keyed."""
-    signature = argument_signature(args)
+    spec is the key to keep a compiled kernel under, None when launches may not be kept now (_direct_ok)
+    or the arguments cannot be keyed."""
+    signature = argument_signature(args) if _direct_ok() else None
     if signature is None:
         return None, False
     device = torch.cuda.current_device()
@@ -140,11 +141,9 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     is chosen, a kept compiled kernel serves every later call whose argument signature it was compiled
     for (the signature holds the dtypes, so the choice key follows from it)."""
     base = (id(kernel), tuple(kwargs.items()))
-    spec = None
-    if _direct_ok():
-        spec, launched = _launch_kept(base, grid, args)
-        if launched:
-            return
+    spec, launched = _launch_kept(base, grid, args)
+    if launched:
+        return
     key = base + (tuple(a.dtype for a in args if isinstance(a, torch.Tensor)),)
     options = _CHOSEN.get(key)
     if options is None:
@@ -161,11 +160,9 @@ def launch_jit(kernel, grid, *args, **kwargs) -> None:
     ``num_warps`` among the keyword arguments): the first call per keyword arguments and argument signature
     goes through Triton, later ones through the CompiledKernel it returned (as :func:`launch` does after
     autotuning)."""
-    spec = None
-    if _direct_ok():
-        spec, launched = _launch_kept((id(kernel), tuple(kwargs.items())), grid, args)
-        if launched:
-            return
+    spec, launched = _launch_kept((id(kernel), tuple(kwargs.items())), grid, args)
+    if launched:
+        return
     if spec is not None:
         _compile_and_keep(spec, kernel, grid, args, kwargs, {})
     else:

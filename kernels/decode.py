@@ -89,12 +89,17 @@ def _row(p, r, m, N: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _in_row0(b_x, DT: tl.constexpr):
+    """b_x [N] as row 0 of a [16, N] dot operand of type DT (the tensor cores' smallest M), other rows zero."""
+    return tl.where((tl.arange(0, 16) == 0)[:, None], b_x[None, :], 0.0).to(DT)
+
+
+@triton.jit
 def _vec_mat(b_x, b_m, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """b_x [N] @ b_m [N, C] -> [C] fp32: a row reduction, or with DOTS one tl.dot with b_x in row 0 of a
-    [16, N] operand (the tensor cores' smallest M) and the other rows zero, read back by a sum over 16 rows."""
+    [16, N] operand (_in_row0), read back by a sum over the 16 rows."""
     if DOTS:
-        b_a = tl.where((tl.arange(0, 16) == 0)[:, None], b_x[None, :], 0.0)  # [16, N]
-        b_out = tl.sum(tl.dot(b_a.to(DT), b_m.to(DT), input_precision=PREC), 0)
+        b_out = tl.sum(tl.dot(_in_row0(b_x, DT), b_m.to(DT), input_precision=PREC), 0)
     else:
         b_out = tl.sum(b_x[:, None] * b_m, 0)
     return b_out
@@ -104,8 +109,7 @@ def _vec_mat(b_x, b_m, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr)
 def _mat_vec(b_m, b_x, DOTS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """b_m [R, N] @ b_x [N] -> [R] fp32 (see _vec_mat)."""
     if DOTS:
-        b_a = tl.where((tl.arange(0, 16) == 0)[:, None], b_x[None, :], 0.0)  # [16, N]
-        b_out = tl.sum(tl.dot(b_m.to(DT), tl.trans(b_a.to(DT)), input_precision=PREC), 1)
+        b_out = tl.sum(tl.dot(b_m.to(DT), tl.trans(_in_row0(b_x, DT)), input_precision=PREC), 1)
     else:
         b_out = tl.sum(b_m * b_x[None, :], 1)
     return b_out

@@ -47,8 +47,8 @@ from its output; in half precision dd then carries y's rounding, ~2^-9 relative)
 fp32) for kernel 2. That drops three of kernel 1's seven dots per chunk (fq fk^T, A v, fq S) and, unfused,
 its loads of the query features. With the fused map both kernels recompute phi and back-propagate through
 the softmaxes to the gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f]
-in x's dtype: the difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's backward
-(dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
+in x's dtype: the difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's
+backward (dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
 accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled, and
 writing dx = d(x W2) W2^T from the kernels (one more dot per chunk, no GEMM reading dz back) made them slower
 by more than the GEMM took on the H200 (16k: 5.19 against 5.01 ms, results/*-session9-fused-dx-rejected.json).
@@ -388,8 +388,7 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
     dq = q.new_empty(B, H, T, GW)
     dk = q.new_empty(B, H, T, GW, dtype=torch.float32 if (GK > 1 and not hedgehog) else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
-    common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog,
-                  PREC=dot_precision(q.dtype),
+    common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
     launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg, **common)
