@@ -291,15 +291,34 @@ def bench_decode(results, contexts):
             rows.append(dict(context=ctx, step=label, us=us, bound_us=bound_us, ratio_to_bound=us / bound_us,
                              achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
             print(f"decode ctx {ctx:>7} {label:<28} {us:8.1f} us  bound {bound_us:6.1f} us  ({us / bound_us:.2f}x)")
-    # window keys per tile of the kernel's loops x its matrix-vector products as dots or row reductions
-    tiles, default_tile, default_dots = [], decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS
-    for tile, dots in itertools.product((32, 64), (False, True)):
-        decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS = tile, dots
-        for label, pos in steps(32768):
-            us = time_step(pos)
-            tiles.append(dict(context=32768, step=label, tile=tile, dots=dots, us=us, ratio_to_bound=us / bound_us))
-            print(f"decode tile {tile:>3} dots {dots!s:<5} {label:<28} {us:8.1f} us  ({us / bound_us:.2f}x bound)")
-    decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS = default_tile, default_dots
+    def time_block(ctx):
+        """Mean microseconds per step over the w steps of one block from position ``ctx`` (a block start):
+        the w steps captured in one CUDA graph, each step's position advanced on the device."""
+        def block_steps():
+            cache.pos = ctx
+            for _ in range(w):
+                hybrid_decode_step(*tok, *ftok, logit, cache)
+
+        block_steps()
+        return do_bench_cudagraph(block_steps, rep=100, return_mode="median") * 1e3 / w
+
+    for ctx in contexts:
+        us = time_block(ctx)
+        rows.append(dict(context=ctx, step=f"mean over a block of {w} steps", us=us, bound_us=bound_us,
+                         ratio_to_bound=us / bound_us, achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
+        print(f"decode ctx {ctx:>7} {'mean over a block':<28} {us:8.1f} us  bound {bound_us:6.1f} us  "
+              f"({us / bound_us:.2f}x)")  # fmt: skip
+    # window keys per tile of the kernel's loops x matrix-vector products as dots or row reductions x warps
+    variants = [(t, False, 4) for t in (32, 64)] + list(itertools.product((32, 64), (True,), (4, 8)))
+    tiles, defaults = [], (decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS)
+    for tile, dots, warps in variants:
+        decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS = tile, dots, warps
+        for label, us in [(label, time_step(pos)) for label, pos in steps(32768)] + [("block mean", time_block(32768))]:
+            tiles.append(dict(context=32768, step=label, tile=tile, dots=dots, warps=warps, us=us,
+                              ratio_to_bound=us / bound_us))  # fmt: skip
+            print(f"decode tile {tile:>3} dots {dots!s:<5} warps {warps} {label:<28} {us:8.1f} us  "
+                  f"({us / bound_us:.2f}x bound)")  # fmt: skip
+    decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS = defaults
     fla_us = None
     try:
         from fla.ops.linear_attn import fused_recurrent_linear_attn
@@ -321,7 +340,7 @@ def bench_decode(results, contexts):
     results["decode"] = dict(
         batch=Bd, heads=Hd, head_dim=D, features=F, window=w, kind="tk", ring_slots=wc, dtype=str(DTYPE),
         bytes_per_step=total, measured_copy_bandwidth_GBps=bw / 1e9, bound_us=bound_us, rows=rows,
-        tile_default=default_tile, dots_default=default_dots, tile_sweep=tiles,
+        tile_default=defaults[0], dots_default=defaults[1], warps_default=defaults[2], tile_sweep=tiles,
         fla_fused_recurrent_us=fla_us, cache_MiB_constant=cache_mib, softmax_kv_cache_MiB_at_32k=kv_cache_mib_32k,
         timing="triton.testing.do_bench_cudagraph median (one step captured in a CUDA graph)",
     )  # fmt: skip

@@ -54,8 +54,11 @@ from ._utils import block, check_same_dtype_device, check_tensor, dot_precision,
 # with 1,216 B compiled for sm_90): 42.1-44.2 against 39.4 us mid-block, 62.9-69.5 against 51.3 at a block
 # start; spreading a head's step over 1, 2 or 4 state programs (value columns) plus a window program, then
 # a finishing kernel for y and the ring: 39.9-45.2 against 41.1 us mid-block, 54.0-66.4 against 52.4 at
-# a block start; 8 warps: 51-91 us. The step waits on latency, not on bytes or occupancy.
-DECODE_TILE = 64
+# a block start; 8 warps: 51-91 us. The step waits on latency, not on bytes or occupancy. With DECODE_DOTS
+# (H200, results/*-2026-12-01-decode-session10.json, tk w = 64) 32 keys took 30.1 / 33.5 / 45.4 us
+# mid-block / at a full window / at a block start, 31.1 us per step over a block of 64, against 31.6 /
+# 33.6 / 44.7 and 31.9 with 64 keys.
+DECODE_TILE = 32
 # The step's three matrix-vector products (fq S over the state's rows, the window scores k . q over the head
 # dim, the weighted values sum_j p_j v_j over the keys) as tl.dot on a 16-row operand holding the vector in
 # row 0, instead of elementwise products and row reductions. Compiled for sm_90 (4 warps, 64-key tiles;
@@ -63,9 +66,15 @@ DECODE_TILE = 64
 # of dependent exchanges in a kernel that waits on latency; with the dots 114 and 32 (spills 1,212 -> 1,032
 # B, shared memory 64 KB either way; 32-key tiles: 510 / 44 -> 118 / 30). Dots take the ring's dtype: bf16
 # window products are exact, and the fp32 state is rounded to it as a dot operand, as the training kernels
-# round it (an fp32 operand would take twice the shared memory: 128 KB compiled, one program per SM). Not
-# timed on a GPU yet, so off: `gpu_session.sh decode` sweeps tile x dots, and its GPU tests run both.
-DECODE_DOTS = False
+# round it (an fp32 operand would take twice the shared memory: 128 KB compiled, one program per SM). H200,
+# B16 H32 D=F=128, tk w = 64 (results/*-2026-12-01-decode-session10.json): 31.1 us per step over a block of
+# 64 steps (30.1 / 33.5 / 45.4 mid-block / at a full window / at a block start) against 41.7 with the
+# reductions at their best tile (64 keys: 40.2 / 44.6 / 52.2); compiled 214 registers, 43 KB shared.
+DECODE_DOTS = True
+# Warps per program. H100 with the row reductions (B16 H32 D=F=128): 8 warps took 90.7 us per step against
+# 53.9 us with 4 (results/*-decode-*.json). With the dots on the H200 (session10.json): 46.0 us per step
+# over a block at 8 warps against 31.1 at 4 (32-key tiles; 64-key: 42.4 against 31.9).
+DECODE_WARPS = 4
 
 
 @triton.jit
@@ -399,8 +408,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=DECODE_DOTS,
-        num_warps=4,  # no autotuning (in place: a tuning rerun would fold twice). H100, B16 H32 D=F=128:
-        # 8 warps took 90.7 us per step against 53.9 us with 4 (benchmarks/results/*-decode-*.json)
+        num_warps=DECODE_WARPS,  # no autotuning (in place: a tuning rerun would fold twice)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value
     return y, cache

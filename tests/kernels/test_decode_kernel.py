@@ -60,11 +60,11 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
 
 
 @pytest.mark.parametrize("kind,window,sinks,prompt", [("tk", 4, 0, 3), ("sw", 4, 3, 0), ("tk", 0, 2, 1)], ids=str)
-def test_decode_with_dots_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
-    """DECODE_DOTS (fq S, the window scores and the weighted values as tl.dot on 16-row operands) gives the
-    full pass: the tk block fold, the sw rank-1 fold with sinks, window 0 (the new token folded, sinks
-    exact); F = 40 and D = 24 pad the dots' columns."""
-    monkeypatch.setattr(decode_module, "DECODE_DOTS", True)
+def test_decode_with_row_reductions_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
+    """DECODE_DOTS = False (fq S, the window scores and the weighted values as elementwise products and row
+    reductions instead of tl.dot on 16-row operands) gives the full pass: the tk block fold, the sw rank-1
+    fold with sinks, window 0 (the new token folded, sinks exact); F = 40 and D = 24 pad the columns."""
+    monkeypatch.setattr(decode_module, "DECODE_DOTS", False)
     B, H, T, K, F, D = 2, 2, 11, 12, 40, 24
     xs = make_seq(B, H, T, K, F, D, seed=3)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)
