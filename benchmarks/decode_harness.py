@@ -18,7 +18,7 @@ import traceback
 
 import torch
 
-from _common import err_str, gib, med
+from _common import GiB, err_str, gib, med
 
 
 def cache_bytes(cache) -> int:
