@@ -308,17 +308,22 @@ def bench_decode(results, contexts):
                          ratio_to_bound=us / bound_us, achieved_GBps=total / (us * 1e-6) / 1e9))  # fmt: skip
         print(f"decode ctx {ctx:>7} {'mean over a block':<28} {us:8.1f} us  bound {bound_us:6.1f} us  "
               f"({us / bound_us:.2f}x)")  # fmt: skip
-    # window keys per tile of the kernel's loops x matrix-vector products as dots or row reductions x warps
-    variants = [(t, False, 4) for t in (32, 64)] + list(itertools.product((32, 64), (True,), (4, 8)))
-    tiles, defaults = [], (decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS)
-    for tile, dots, warps in variants:
-        decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS = tile, dots, warps
+    # the kernel's module-level options: window keys per tile, matrix-vector products as dots or row
+    # reductions, warps per program
+    knobs = ("DECODE_TILE", "DECODE_DOTS", "DECODE_WARPS")
+    variants = [(64, False, 4), (32, True, 4), (64, True, 4), (32, True, 8)]
+    tiles, defaults = [], tuple(getattr(decode_mod, n) for n in knobs)
+    for variant in variants:
+        for name, value in zip(knobs, variant):
+            setattr(decode_mod, name, value)
+        tile, dots, warps = variant
         for label, us in [(label, time_step(pos)) for label, pos in steps(32768)] + [("block mean", time_block(32768))]:
             tiles.append(dict(context=32768, step=label, tile=tile, dots=dots, warps=warps, us=us,
                               ratio_to_bound=us / bound_us))  # fmt: skip
             print(f"decode tile {tile:>3} dots {dots!s:<5} warps {warps} {label:<28} {us:8.1f} us  "
                   f"({us / bound_us:.2f}x bound)")  # fmt: skip
-    decode_mod.DECODE_TILE, decode_mod.DECODE_DOTS, decode_mod.DECODE_WARPS = defaults
+    for name, value in zip(knobs, defaults):
+        setattr(decode_mod, name, value)
     fla_us = None
     try:
         from fla.ops.linear_attn import fused_recurrent_linear_attn
@@ -340,7 +345,7 @@ def bench_decode(results, contexts):
     results["decode"] = dict(
         batch=Bd, heads=Hd, head_dim=D, features=F, window=w, kind="tk", ring_slots=wc, dtype=str(DTYPE),
         bytes_per_step=total, measured_copy_bandwidth_GBps=bw / 1e9, bound_us=bound_us, rows=rows,
-        tile_default=defaults[0], dots_default=defaults[1], warps_default=defaults[2], tile_sweep=tiles,
+        defaults=dict(zip(knobs, defaults)), tile_sweep=tiles,
         fla_fused_recurrent_us=fla_us, cache_MiB_constant=cache_mib, softmax_kv_cache_MiB_at_32k=kv_cache_mib_32k,
         timing="triton.testing.do_bench_cudagraph median (one step captured in a CUDA graph)",
     )  # fmt: skip

@@ -37,8 +37,10 @@ def _jit_function(kernel):
     return kernel
 
 
-def compile_resources(kernel, types: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
-    """Compile ``kernel`` for sm_90 and return shared memory (bytes), registers and spill stores (bytes)."""
+def compile_resources(kernel, types: dict, constexprs: dict, num_warps: int, num_stages: int,
+                      maxnreg: int | None = None) -> dict:  # fmt: skip
+    """Compile ``kernel`` for sm_90 and return shared memory (bytes), registers and spill stores (bytes).
+    maxnreg: a cap on registers per thread (Triton's launch option of that name), None for ptxas' choice."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
@@ -50,7 +52,7 @@ def compile_resources(kernel, types: dict, constexprs: dict, num_warps: int, num
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(n),): v for n, v in constexprs.items()})
     try:
         compiled = triton.compile(
-            src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=num_warps, num_stages=num_stages)
+            src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
         )
     except Exception as err:  # e.g. a tile that cannot be laid out
         return dict(error=f"{type(err).__name__}: {str(err)[:200]}")
@@ -127,28 +129,38 @@ def cases(chunk: int):
             )  # fmt: skip
 
 
+def parse_config(text: str) -> tuple[int, int, int | None]:
+    """'4x3' -> (4, 3, None), '4x3r128' -> (4, 3, 128): num_warps, num_stages, maxnreg."""
+    m = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?", text)
+    if m is None:
+        raise ValueError(f"config {text!r} is not WARPSxSTAGES or WARPSxSTAGESrMAXNREG (e.g. 8x2, 4x3r128)")
+    return int(m[1]), int(m[2]), int(m[3]) if m[3] else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, nargs="*", default=[32, 64], help="token tiles (chunk_size) to compile")
-    ap.add_argument("--configs", default="8x2,4x2", help="num_warps x num_stages candidates, comma separated")
+    ap.add_argument("--configs", default="8x2,4x2", help="num_warps x num_stages candidates, comma separated; "
+                    "a register cap as a suffix: 4x3r128 (maxnreg)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     ap.add_argument("--only", nargs="*", default=[], help="compile only the kernels whose label contains one of these")
     args = ap.parse_args(argv)
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    configs = [parse_config(c) for c in args.configs.split(",")]
     rows = []
     for chunk in args.chunks:
         for label, kernel, ce in cases(chunk):
             if args.only and not any(part in label for part in args.only):
                 continue
-            for warps, stages in configs:
-                r = compile_resources(kernel, _types(), ce, warps, stages)
-                rows.append(dict(kernel=label, chunk=chunk, num_warps=warps, num_stages=stages, **r))
+            for warps, stages, maxnreg in configs:
+                r = compile_resources(kernel, _types(), ce, warps, stages, maxnreg)
+                rows.append(dict(kernel=label, chunk=chunk, num_warps=warps, num_stages=stages, maxnreg=maxnreg, **r))
                 layout = "shared {:>4} KB{}  registers {:>3}  spills {:>6} B  shfl {:>4}  bar {:>3}"
                 shown = r.get("error") or layout.format(
                     r["shared_bytes"] // 1024, "" if r["fits_h100"] else " (> 227 KB)", r["registers"],
                     r["spill_store_bytes"], r["shuffles"], r["barriers"],
                 )
-                print(f"{label:<28} chunk {chunk:>3}  {warps} warps x {stages} stages  {shown}", flush=True)
+                cap = f" r{maxnreg}" if maxnreg else ""
+                print(f"{label:<28} chunk {chunk:>3}  {warps} warps x {stages} stages{cap}  {shown}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(dict(target="sm_90 (H100)", dtype="bf16", rows=rows), indent=1))
     return 0

@@ -73,7 +73,11 @@ DECODE_TILE = 32
 DECODE_DOTS = True
 # Warps per program. H100 with the row reductions (B16 H32 D=F=128): 8 warps took 90.7 us per step against
 # 53.9 us with 4 (results/*-decode-*.json). With the dots on the H200 (session10.json): 46.0 us per step
-# over a block at 8 warps against 31.1 at 4 (32-key tiles; 64-key: 42.4 against 31.9).
+# over a block at 8 warps against 31.1 at 4 (32-key tiles; 64-key: 42.4 against 31.9). Also timed there and
+# removed (results/*-decode-session10-late-maxnreg-rejected.json; 31.0 us per step over a block for this
+# default in that call): a register cap (Triton's maxnreg) for more programs per SM, 168 -> 38.4 us and
+# 128 (four programs per SM, one wave for 512 programs) -> 45.7 us, spilling 1-3 KB per thread; the linear
+# terms after the window loop, so the state's load overlaps the window's, 31.4 us.
 DECODE_WARPS = 4
 
 
