@@ -7,7 +7,6 @@ window maximum and its gradient matter most. CPU runs use Triton's interpreter; 
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ import torch
 from lolcats_lab.attention.hybrid import naive_hybrid_attn
 from lolcats_lab.kernels import triton_hybrid_attn
 from lolcats_lab.kernels.hybrid_attn import _meta
+from tests.helpers import ci_subset
 from tests.tolerances import TOLERANCES, check_close, rel_rms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,10 +98,13 @@ def test_hybrid_matches_naive_fp16(kind):
     check_all(y_ref, g_ref, y, g, torch.float16)
 
 
+# under LOLCATS_CI=1 five of the ten (~12 s each in the interpreter): tk and sw, sinks, 1 / 2 / 10 chunks per
+# segment and the automatic plan
 @pytest.mark.parametrize(
     "kind,window,sinks,segment_chunks",
-    [("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1), ("sw", 37, 3, 1),
-     ("tk", 32, 20, 2), ("tk", 16, 0, 3), ("tk", 24, 2, 10), ("sw", 20, 3, 100)],
+    ci_subset([("tk", 5, 2, 1), ("sw", 20, 0, 2), ("tk", 24, 0, 3), ("sw", 3, 21, None), ("tk", 40, 0, 1),
+               ("sw", 37, 3, 1), ("tk", 32, 20, 2), ("tk", 16, 0, 3), ("tk", 24, 2, 10), ("sw", 20, 3, 100)],
+              keep=(0, 1, 3, 6, 8)),
 )  # fmt: skip
 def test_hybrid_segments_match_naive(kind, window, sinks, segment_chunks):
     """The sequence cut into segments (each starting from a prefix-summed linear state, the dk/dv scan from
@@ -177,15 +180,17 @@ def test_hybrid_grouped_query_heads():
 
 WINDOW_ONLY_CASES = [(1, 16, 16, None, 4), (63, 16, 16, None, 4), (65, 32, 16, 2, 2), (129, 32, 16, None, 1),
                      (150, 64, 32, 1, 4), (200, 64, 32, 2, 2), (257, 64, 32, 4, 1), (130, 64, 32, 20, 4)]
+# the split kernels (the default) on every case, four of them under LOLCATS_CI=1 (lengths 1, 63, 65, 129, GQA);
 # the single-scan kernels on window-only tiles: every case full size, two of them under LOLCATS_CI=1 (those
 # kernels are no longer the default there; the other tests here cover them for sliding windows and sinks)
-SINGLE_SCAN_CASES = [WINDOW_ONLY_CASES[i] for i in ((2, 5) if os.environ.get("LOLCATS_CI") else range(8))]
+SPLIT_CASES = ci_subset(WINDOW_ONLY_CASES, keep=(0, 1, 2, 3))
+SINGLE_SCAN_CASES = ci_subset(WINDOW_ONLY_CASES, keep=(2, 5))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "T,window,chunk,segment_chunks,kv_heads,split",
-    [(*c, True) for c in WINDOW_ONLY_CASES] + [(*c, False) for c in SINGLE_SCAN_CASES],
+    [(*c, True) for c in SPLIT_CASES] + [(*c, False) for c in SINGLE_SCAN_CASES],
 )  # fmt: skip
 def test_hybrid_window_only_backward_both_paths(monkeypatch, T, window, chunk, segment_chunks, kv_heads, split):
     """Window-only tiles without sinks (tk, the tile dividing the window): the split backward

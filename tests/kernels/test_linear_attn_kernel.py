@@ -14,6 +14,7 @@ from lolcats_lab.attention.linear import naive_linear_attn
 from lolcats_lab.feature_maps import make_feature_map
 import lolcats_lab.kernels.linear_attn as linear_attn_module
 from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_linear_attn
+from tests.helpers import ci_subset
 from tests.tolerances import TOLERANCES, check_close, rel_rms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -238,7 +239,7 @@ def test_hedgehog_fused_negative_control():
     assert rel_rms(triton_hedgehog_linear_attn(q, k, v, wk, wq), y) > 1e-2
 
 
-@pytest.mark.parametrize("segment_chunks", [1, 2, 3, 10, None])
+@pytest.mark.parametrize("segment_chunks", ci_subset([1, 2, 3, 10, None], keep=(0, 3, 4)))  # ~15 s each in CI
 def test_segments_match_naive(segment_chunks):
     """The sequence cut into segments (per-segment states, a prefix scan, one program per segment) gives the
     reference output and gradients, for fused Hedgehog with grouped-query keys: 150 tokens in 10 chunks of
