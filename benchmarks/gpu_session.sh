@@ -27,6 +27,8 @@
 #             tiles (sweep64: 64-token tiles, 2 stages; sweep-map: the Hedgehog map kernels at that shape)
 #   ncu       Nsight Compute on one call of each Triton kernel of the stage-2 layer (ncu_stage2_kernels.py): speed of
 #             light, occupancy, launch stats, warp stalls; text report in $OUT/ncu.log
+#   hedgehog-configs  the fused Hedgehog op at 6 warps x stages configs, 8k and 16k, beside fla (needs .whl)
+#   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
 #   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
@@ -110,6 +112,9 @@ for step in "$@"; do
             run 90 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
                 --no-direct-launch --ops triton_linear triton_hedgehog_f64 triton_hybrid_tk \
                 --out "$OUT/direct-profile-off.json" ;;
+        hedgehog-configs)  # the fused Hedgehog op at each warps x stages config, 8k and 16k, beside fla
+            run 300 hedgehog-configs python3 benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 \
+                --out "$OUT/hedgehog-configs.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;
@@ -131,6 +136,11 @@ for step in "$@"; do
             run 240 ncu "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"hybrid|hedgehog" \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                 --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py ;;
+        ncu-hedgehog)  # Nsight Compute on the fused Hedgehog op and the linear op at 16k; text report in $OUT/ncu-hedgehog.log
+            NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+            run 300 ncu-hedgehog "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"linear_attn|segment" \
+                --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py --hedgehog 16384 ;;
         ncu-decode)  # Nsight Compute on a mid-block and a block-start decode step; text report in $OUT/ncu-decode.log
             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
             run 180 ncu-decode "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"decode" \

@@ -14,6 +14,11 @@ program), so that the next change is aimed, not guessed.
 ``--decode``: instead, two decode steps at bench_attention.py's decode shape (batch 16, 32 heads, D = F = 128,
 tk window 64, bf16 ring): one mid-block (65 window keys) and one at a block start (64 keys fold into the
 state); ``gpu_session.sh ncu-decode``.
+
+``--hedgehog T``: instead, one forward+backward of the fused Hedgehog linear op (f = 64, so F = 128 features
+computed in-kernel) and one of the linear op on precomputed features (F = 128), at bench_attention.py's
+shape (batch 1, 32 heads, head dim 128, bf16) and T tokens: the same kernels with and without the map, side
+by side (``gpu_session.sh ncu-hedgehog``, T = 16384).
 """
 
 from __future__ import annotations
@@ -52,12 +57,38 @@ def decode_steps(B=16, H=32, D=128, w=64, device="cuda", profiled=_profiled) -> 
     print("profiled a mid-block and a block-start decode step")
 
 
+def hedgehog_and_linear(T: int, B=1, H=32, D=128, f=64, device="cuda", profiled=_profiled) -> None:
+    """One forward+backward of the fused Hedgehog op and one of the linear op on precomputed features, each
+    profiled once (see the module docstring)."""
+    from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_linear_attn
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, device=device, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    wq, wk = (torch.randn(H, D, f, device=device, generator=g) / D**0.5 for _ in range(2))  # frozen maps
+    fq, fk = (torch.rand(B, H, T, 2 * f, device=device, generator=g).bfloat16().requires_grad_() for _ in range(2))
+    dy = torch.randn(B, H, T, D, device=device, generator=g).bfloat16()
+
+    def fused():
+        triton_hedgehog_linear_attn(q, k, v, wq, wk).backward(dy)
+
+    def linear():
+        triton_linear_attn(fq, fk, v).backward(dy)
+
+    profiled(fused)
+    profiled(linear)
+    print(f"profiled one forward+backward of the fused Hedgehog op and of the linear op at T = {T}")
+
+
 def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     if not torch.cuda.is_available():
         print("ncu_stage2_kernels.py needs a CUDA GPU; nothing to do here.")
         return 0
-    if "--decode" in (sys.argv[1:] if argv is None else argv):
+    if "--decode" in args:
         decode_steps()
+        return 0
+    if "--hedgehog" in args:
+        hedgehog_and_linear(int(args[args.index("--hedgehog") + 1]))
         return 0
     from lolcats_lab.kernels import triton_hedgehog_hybrid_attn
 
