@@ -70,7 +70,10 @@ DECODE_TILE = 32
 # B16 H32 D=F=128, tk w = 64 (results/*-2026-12-01-decode-session10.json): 31.1 us per step over a block of
 # 64 steps (30.1 / 33.5 / 45.4 mid-block / at a full window / at a block start) against 41.7 with the
 # reductions at their best tile (64 keys: 40.2 / 44.6 / 52.2); compiled 214 registers, 43 KB shared.
-DECODE_DOTS = True
+# "half" (the default): dots for fp16 / bf16 rings, row reductions for fp32 ones, whose dot operands would
+# take 128 KB of shared memory compiled for sm_90 at D = F = 128 (96 KB with the reductions): more than the
+# 99 KB a program may use on sm_86 / sm_89 GPUs. True / False: dots or reductions for every dtype.
+DECODE_DOTS = "half"
 # Warps per program. H100 with the row reductions (B16 H32 D=F=128): 8 warps took 90.7 us per step against
 # 53.9 us with 4 (results/*-decode-*.json). With the dots on the H200 (session10.json): 46.0 us per step
 # over a block at 8 warps against 31.1 at 4 (32-key tiles; 64-key: 42.4 against 31.9). Also timed there and
@@ -147,7 +150,7 @@ def hybrid_decode_kernel(
     LIN: tl.constexpr, PREC: tl.constexpr, DOTS: tl.constexpr,
 ):  # fmt: skip
     """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
-    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact). DOTS: DECODE_DOTS."""
+    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact). DOTS: see DECODE_DOTS."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
@@ -371,6 +374,13 @@ class RingHybridCache:
         return c
 
 
+def _use_dots(ring_dtype: torch.dtype) -> bool:
+    """Whether the step takes its matrix-vector products as dots for a ring of this dtype (DECODE_DOTS)."""
+    if DECODE_DOTS == "half":
+        return ring_dtype in (torch.float16, torch.bfloat16)
+    return bool(DECODE_DOTS)
+
+
 def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *, scale=None, eps=1e-12):
     """One token for every sequence of the batch: q, k [B, H, 1, K], v [B, H, 1, D], fq, fk [B, H, 1, F].
 
@@ -411,7 +421,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
-        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=DECODE_DOTS,
+        LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=_use_dots(cache.fk_buf.dtype),
         num_warps=DECODE_WARPS,  # no autotuning (in place: a tuning rerun would fold twice)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value

@@ -59,12 +59,21 @@ def test_decode_equals_full_pass(kind, window, sinks, prompt, poison_empty):
     assert cache.pos.tolist() == [T] * B
 
 
+def test_dots_for_half_rings_by_default(monkeypatch):
+    """DECODE_DOTS = "half": dots for fp16 / bf16 rings, row reductions for fp32 (shared memory); True /
+    False force either. So the fp32 tests here run the reductions, and the next test the dots."""
+    assert [decode_module._use_dots(t) for t in (torch.float32, torch.float16, torch.bfloat16)] == [False, True, True]
+    for forced in (True, False):
+        monkeypatch.setattr(decode_module, "DECODE_DOTS", forced)
+        assert decode_module._use_dots(torch.float32) is forced
+
+
 @pytest.mark.parametrize("kind,window,sinks,prompt", [("tk", 4, 0, 3), ("sw", 4, 3, 0), ("tk", 0, 2, 1)], ids=str)
-def test_decode_with_row_reductions_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
-    """DECODE_DOTS = False (fq S, the window scores and the weighted values as elementwise products and row
-    reductions instead of tl.dot on 16-row operands) gives the full pass: the tk block fold, the sw rank-1
-    fold with sinks, window 0 (the new token folded, sinks exact); F = 40 and D = 24 pad the columns."""
-    monkeypatch.setattr(decode_module, "DECODE_DOTS", False)
+def test_decode_with_dots_equals_full_pass(kind, window, sinks, prompt, monkeypatch):
+    """DECODE_DOTS = True (fq S, the window scores and the weighted values as tl.dot on 16-row operands, here
+    on fp32 rings) gives the full pass: the tk block fold, the sw rank-1 fold with sinks, window 0 (the new
+    token folded, sinks exact); F = 40 and D = 24 pad the dots' columns."""
+    monkeypatch.setattr(decode_module, "DECODE_DOTS", True)
     B, H, T, K, F, D = 2, 2, 11, 12, 40, 24
     xs = make_seq(B, H, T, K, F, D, seed=3)
     cfg = dict(window=window, kind=kind, sink_tokens=sinks)
@@ -202,7 +211,8 @@ def test_decode_bad_inputs():
 @pytest.mark.parametrize("kind", ["tk", "sw"])
 def test_gpu_decode_bf16(kind, dots, monkeypatch):
     """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 40 steps: within 5e-3 relative RMS, with
-    row reductions and with DECODE_DOTS (the state then rounded to bf16 as a dot operand)."""
+    row reductions and with the dots (the default for bf16; the state then rounded to bf16 as a dot
+    operand)."""
     monkeypatch.setattr(decode_module, "DECODE_DOTS", dots)
     xs = make_seq(4, 8, 340, 128, 128, 128, dtype=torch.bfloat16)
     cfg = dict(window=64, kind=kind, sink_tokens=0)
