@@ -66,7 +66,7 @@ DECODE_TILE = 32
 # of dependent exchanges in a kernel that waits on latency; with the dots 114 and 32 (spills 1,212 -> 1,032
 # B, shared memory 64 KB either way; 32-key tiles: 510 / 44 -> 118 / 30). Dots take the ring's dtype: bf16
 # window products are exact, and the fp32 state is rounded to it as a dot operand, as the training kernels
-# round it (an fp32 operand would take twice the shared memory: 128 KB compiled, one program per SM). H200,
+# round it. H200,
 # B16 H32 D=F=128, tk w = 64 (results/*-2026-12-01-decode-session10.json): 31.1 us per step over a block of
 # 64 steps (30.1 / 33.5 / 45.4 mid-block / at a full window / at a block start) against 41.7 with the
 # reductions at their best tile (64 keys: 40.2 / 44.6 / 52.2); compiled 214 registers, 43 KB shared.
