@@ -13,7 +13,10 @@ launch overhead). Results go to ``benchmarks/results/<device>-<date>.json`` (or 
 Providers (forward "fwd" and forward+backward "fwd+bwd", bf16, batch 1, 32 heads, head dim 128):
     sdpa              torch scaled_dot_product_attention, causal (FlashAttention backend on H100)
     triton_linear     lolcats_lab.kernels linear attention on precomputed features (F = 128)
-    triton_hedgehog   same with the Hedgehog map fused (f = 64 -> F = 128; and f = 128 -> F = 256)
+    triton_hedgehog   the Hedgehog op (f = 64 -> F = 128; and f = 128 -> F = 256) as a user calls it (fuse_map by
+                      length); _fused_f64: the map fused into every kernel (phi in registers); _staged_f64: the map
+                      kernel writes phi once, then the unfused kernels, one op; _two_op_f64: the map op then the
+                      linear op, as a converted linear layer composes them
     fla_chunk         fla.ops.linear_attn.chunk_linear_attn on precomputed features (if fla is installed)
     fla_hedgehog      PyTorch Hedgehog phi (f = 128, F = 256) then fla chunk_linear_attn
     triton_hybrid_tk  lolcats_lab.kernels hybrid attention, tk window 64, F = 128 (triton_hybrid_tk_c64: 64-token tiles)
@@ -105,7 +108,12 @@ def make_providers():
     from lolcats_lab.attention.hybrid import naive_hybrid_attn
     from lolcats_lab.attention.linear import naive_linear_attn
     from lolcats_lab.feature_maps import hedgehog_phi
-    from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
+    from lolcats_lab.kernels import (
+        triton_hedgehog_linear_attn,
+        triton_hedgehog_map,
+        triton_hybrid_attn,
+        triton_linear_attn,
+    )
 
     dev = "cuda"
 
@@ -130,14 +138,24 @@ def make_providers():
     def bthd(x):  # fla layout
         return x.transpose(1, 2)
 
+    def two_op_hh(q, k, v, wq, wk):  # what a converted linear layer runs: the map op, then the linear op
+        return triton_linear_attn(triton_hedgehog_map(q, wq), triton_hedgehog_map(k, wk), v)
+
+    def hh_op(fuse_map):
+        return lambda *x: triton_hedgehog_linear_attn(*x, fuse_map=fuse_map)
+
+    def hh_ref(q, k, v, wq, wk):
+        return naive_linear_attn(hedgehog_phi(q, wq), hedgehog_phi(k, wk), v)
+
     P = {
         "sdpa": (qkv, lambda q, k, v: Fn.scaled_dot_product_attention(q, k, v, is_causal=True),
                  lambda q, k, v: Fn.scaled_dot_product_attention(q, k, v, is_causal=True)),
         "triton_linear": (feats, triton_linear_attn, naive_linear_attn),
-        "triton_hedgehog_f64": (lambda T: hh(T, 64), triton_hedgehog_linear_attn,
-                                lambda q, k, v, wq, wk: naive_linear_attn(hedgehog_phi(q, wq), hedgehog_phi(k, wk), v)),
-        "triton_hedgehog_f128": (lambda T: hh(T, 128), triton_hedgehog_linear_attn,
-                                 lambda q, k, v, wq, wk: naive_linear_attn(hedgehog_phi(q, wq), hedgehog_phi(k, wk), v)),
+        "triton_hedgehog_f64": (lambda T: hh(T, 64), triton_hedgehog_linear_attn, hh_ref),
+        "triton_hedgehog_f128": (lambda T: hh(T, 128), triton_hedgehog_linear_attn, hh_ref),
+        "triton_hedgehog_fused_f64": (lambda T: hh(T, 64), hh_op(True), hh_ref),
+        "triton_hedgehog_staged_f64": (lambda T: hh(T, 64), hh_op(False), hh_ref),
+        "triton_hedgehog_two_op_f64": (lambda T: hh(T, 64), two_op_hh, hh_ref),
         "triton_hybrid_tk": (hybrid_inputs, lambda *x: triton_hybrid_attn(*x, window=WINDOW, kind="tk"),
                              lambda *x: naive_hybrid_attn(*x, window=WINDOW, kind="tk")),
         "triton_hybrid_tk_c64": (hybrid_inputs, lambda *x: triton_hybrid_attn(*x, window=WINDOW, kind="tk", chunk_size=64),
@@ -361,7 +379,10 @@ def tune(lengths, providers=None):
     P = make_providers()
     rows = []
     defaults = seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS
-    for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_f64", triton_hedgehog_linear_attn),
+    def fused_hedgehog(*x, chunk_size):  # the fused kernels' plan (the staged op's is triton_linear's)
+        return triton_hedgehog_linear_attn(*x, chunk_size=chunk_size, fuse_map=True)
+
+    for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_fused_f64", fused_hedgehog),
                      ("triton_hybrid_tk", None)):  # fmt: skip
         if providers and name not in providers:
             continue

@@ -24,9 +24,14 @@
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
 #   sweep     sweep_hybrid_plan.py at the 8B stage-2 shape (batch 4, 1k tokens): warps x stages x segment plan, 32-token
-#             tiles (sweep64: 64-token tiles, 2 stages; sweep-map: the Hedgehog map kernels at that shape)
+#             tiles (sweep64: 64-token tiles, 2 stages; sweep-map: the Hedgehog map kernels at that shape;
+#             sweep-map-16k: the map kernels at batch 1, 16k tokens, writing dz as the staged linear op does)
+#   tests-hedgehog  the GPU tests of the Hedgehog map, the fused and staged linear ops and the one-op hybrid
 #   ncu       Nsight Compute on one call of each Triton kernel of the stage-2 layer (ncu_stage2_kernels.py): speed of
 #             light, occupancy, launch stats, warp stalls; text report in $OUT/ncu.log
+#   hedgehog-staged  the Hedgehog op three ways, 1k..64k beside SDPA and fla: fused map (phi in registers), staged
+#             (the map kernel writes phi once, then the unfused kernels, one op) and two ops (map op, linear op: a
+#             converted linear layer); f = 128 as called (staged); then fused and staged profiled at 4k / 16k
 #   hedgehog-configs  the fused Hedgehog op at 6 warps x stages configs, 8k and 16k, beside fla (needs .whl)
 #   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
 #   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
@@ -112,12 +117,18 @@ for step in "$@"; do
             run 90 direct-profile-off python3 benchmarks/profile_kernels.py --lengths 1024 4096 --host \
                 --no-direct-launch --ops triton_linear triton_hedgehog_f64 triton_hybrid_tk \
                 --out "$OUT/direct-profile-off.json" ;;
+        hedgehog-staged)
+            run 480 hedgehog-staged python3 benchmarks/bench_attention.py --no-decode --out "$OUT/hedgehog-staged.json" \
+                --providers sdpa fla_chunk triton_linear triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 \
+                triton_hedgehog_two_op_f64 triton_hedgehog_f128
+            run 150 hedgehog-staged-profile python3 benchmarks/profile_kernels.py --lengths 4096 16384 \
+                --ops triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 --out "$OUT/hedgehog-staged-profile.json" ;;
         hedgehog-configs)  # the fused Hedgehog op at each warps x stages config, 8k and 16k, beside fla
             run 300 hedgehog-configs python3 benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 \
                 --out "$OUT/hedgehog-configs.json" ;;
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
-                --providers triton_hedgehog_f64 --out "$OUT/tune-hedgehog.json" ;;
+                --providers triton_hedgehog_fused_f64 --out "$OUT/tune-hedgehog.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)
@@ -131,6 +142,13 @@ for step in "$@"; do
                 --out "$OUT/sweep64.json" ;;
         sweep-map)
             run 200 sweep-map python3 benchmarks/sweep_hybrid_plan.py --map --out "$OUT/sweep-map.json" ;;
+        sweep-map-16k)  # the map kernels as the staged linear op runs them: batch 1, 16k tokens, dz written
+            run 300 sweep-map-16k python3 benchmarks/sweep_hybrid_plan.py --map --map-write-dz --batch 1 --length 16384 \
+                --out "$OUT/sweep-map-16k.json" ;;
+        tests-hedgehog)  # the GPU tests of the Hedgehog ops: the map, fused and staged linear, one-op hybrid
+            run 240 tests-hedgehog python3 -m pytest -m gpu tests/kernels/test_linear_attn_kernel.py \
+                tests/kernels/test_hedgehog_map_kernel.py tests/kernels/test_hedgehog_hybrid_kernel.py \
+                tests/kernels/test_segments.py --timeout 90 -p no:cacheprovider -rA -q ;;
         ncu)
             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
             run 240 ncu "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"hybrid|hedgehog" \

@@ -69,7 +69,7 @@ def hedgehog_and_linear(T: int, B=1, H=32, D=128, f=64, device="cuda", profiled=
     dy = torch.randn(B, H, T, D, device=device, generator=g).bfloat16()
 
     def fused():
-        triton_hedgehog_linear_attn(q, k, v, wq, wk).backward(dy)
+        triton_hedgehog_linear_attn(q, k, v, wq, wk, fuse_map=True).backward(dy)
 
     def linear():
         triton_linear_attn(fq, fk, v).backward(dy)

@@ -5,7 +5,7 @@ The three linear-attention kernels (forward, dq, dk/dv) autotune over kernels/li
 kernels with 8 warps and 131-164 KB of shared memory, one program per SM, where the linear op on
 precomputed features runs its forward and dq kernels with 4 warps and 49 KB, two per SM. This pins each
 config in turn (every one of the three kernels gets only that candidate) and times bench_attention.py's
-``triton_hedgehog_f64`` (batch 1, 32 heads, head dim 128, f = 64, bf16, map gradients included), then
+``triton_hedgehog_fused_f64`` (the fused form, fuse_map=True; batch 1, 32 heads, head dim 128, f = 64, bf16, map gradients included), then
 ``fla_chunk`` once per length in the same process, so ratios are within one run.
 
     python benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 --out results/<device>-hedgehog-configs.json
@@ -56,17 +56,17 @@ def main(argv=None) -> int:
             ms, _ = time_provider(make, fn, T, "fwd+bwd")
             rows.append(dict(T=T, provider="fla_chunk", ms=ms))
             print(f"T {T:>6}  fla_chunk             {ms:7.3f} ms", flush=True)
-        make, fn, _ = providers["triton_hedgehog_f64"]
+        make, fn, _ = providers["triton_hedgehog_fused_f64"]
         for warps, stages in CONFIGS:
             pin_configs(warps, stages)
             try:
                 ms, peak = time_provider(make, fn, T, "fwd+bwd")
             except Exception as err:  # e.g. out of shared memory at this config
-                rows.append(dict(T=T, provider="triton_hedgehog_f64", num_warps=warps, num_stages=stages,
+                rows.append(dict(T=T, provider="triton_hedgehog_fused_f64", num_warps=warps, num_stages=stages,
                                  error=f"{type(err).__name__}: {str(err)[:200]}"))  # fmt: skip
                 print(f"T {T:>6}  hedgehog {warps} warps x {stages} stages: {type(err).__name__}", flush=True)
                 continue
-            rows.append(dict(T=T, provider="triton_hedgehog_f64", num_warps=warps, num_stages=stages, ms=ms,
+            rows.append(dict(T=T, provider="triton_hedgehog_fused_f64", num_warps=warps, num_stages=stages, ms=ms,
                              peak_MiB=peak))  # fmt: skip
             print(f"T {T:>6}  hedgehog {warps} warps x {stages} stages  {ms:7.3f} ms", flush=True)
     if args.out:

@@ -46,9 +46,10 @@ def forced_launch(num_warps, num_stages):
     return launch
 
 
-def sweep_map(B, H, T, reps):
-    """Forward and backward of the Triton Hedgehog map at [B, H, T, 128] with f = 64 (frozen map: dx added
-    into the attention's, as in stage 2) over tile x warps x stages x programs per SM; GPU ms per call of each kernel."""
+def sweep_map(B, H, T, reps, write_dz=False):
+    """Forward and backward of the Triton Hedgehog map at [B, H, T, 128] with f = 64 over tile x warps x stages x
+    programs per SM; GPU ms per call of each kernel. The backward adds dx into the attention's (a frozen map,
+    as in stage 2), or with ``write_dz`` writes dz for the projection's GEMMs (the staged linear op)."""
     import triton
 
     import lolcats_lab.kernels.hedgehog_map as hm
@@ -68,7 +69,11 @@ def sweep_map(B, H, T, reps):
             row = dict(tile=bt, num_warps=warps, num_stages=stages, programs_per_sm=per_sm)
             try:
                 fwd = triton.testing.do_bench(lambda: hm.map_forward(x, w), return_mode="median")
-                bwd = triton.testing.do_bench(lambda: hm.map_backward(x, w, dphi, dx=dx, need_dz=False), return_mode="median")
+                if write_dz:
+                    bwd = triton.testing.do_bench(lambda: hm.map_backward(x, w, dphi), return_mode="median")
+                else:
+                    bwd = triton.testing.do_bench(lambda: hm.map_backward(x, w, dphi, dx=dx, need_dz=False),
+                                                  return_mode="median")  # fmt: skip
                 row.update(fwd_ms=round(fwd, 4), bwd_dz_ms=round(bwd, 4))
             except Exception as err:
                 row["error"] = err_str(err)
@@ -98,6 +103,8 @@ def main(argv=None):
     ap.add_argument("--segment-chunks", type=int, nargs="*", default=[0, 16, 8],
                     help="query tiles per segment; 0 = the automatic plan")  # fmt: skip
     ap.add_argument("--map", action="store_true", help="sweep the Hedgehog map kernels instead")
+    ap.add_argument("--map-write-dz", action="store_true",
+                    help="with --map: the backward writes dz (the staged linear op) instead of adding into dx")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -106,9 +113,10 @@ def main(argv=None):
     from bench_attention import environment
 
     if args.map:
-        rows = sweep_map(args.batch, args.heads, args.length, args.reps)
+        rows = sweep_map(args.batch, args.heads, args.length, args.reps, write_dz=args.map_write_dz)
         if args.out:
-            shape = dict(batch=args.batch, heads=args.heads, length=args.length, head_dim=128, f=64, dtype="bf16")
+            shape = dict(batch=args.batch, heads=args.heads, length=args.length, head_dim=128, f=64, dtype="bf16",
+                         backward="write dz" if args.map_write_dz else "add dx")  # fmt: skip
             args.out.write_text(json.dumps(dict(env=environment(), shape=shape, rows=rows), indent=1))
             print(f"wrote {args.out}")
         return 0

@@ -9,7 +9,7 @@ the probe answers False. tests/test_packaging.py checks both.
 """
 
 # Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, hedgehog_map,
-# hedgehog_hybrid, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
+# hedgehog_linear, hedgehog_hybrid, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works
 # without Triton; only calling an op needs it. (The ops are named triton_* so that they never clash with
 # the submodules of the same stem, e.g. `lolcats_lab.kernels.linear_attn`.)
 
@@ -32,12 +32,14 @@ def triton_linear_attn(fq, fk, v, *, eps=1e-12, chunk_size=32, segment_chunks=No
     return linear_attn(fq, fk, v, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks)
 
 
-def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=32, segment_chunks=None):
-    """Causal linear attention with the Hedgehog map fused: q, k [B, H, T, K], wq, wk [H, K, f]."""
+def triton_hedgehog_linear_attn(q, k, v, wq, wk, *, eps=1e-12, chunk_size=32, segment_chunks=None, fuse_map=None):
+    """Causal linear attention on Hedgehog features: q, k [B, H, T, K], wq, wk [H, K, f]; the map fused into
+    the kernels or written once by the map kernel (``fuse_map``, linear_attn.hedgehog_linear_attn)."""
     _require_triton()
     from .linear_attn import hedgehog_linear_attn
 
-    return hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks)
+    return hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size, segment_chunks=segment_chunks,
+                                fuse_map=fuse_map)  # fmt: skip
 
 
 def triton_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind="tk", sink_tokens=0, scale=None,

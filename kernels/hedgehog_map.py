@@ -67,17 +67,19 @@ def _softmax(b_z, m_f):
 
 
 @triton.jit
-def _program_setup(w, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BF: tl.constexpr):  # fmt: skip
-    """Grid (cdiv(n_tiles, TPP), B*H): (row offset of this program's (batch, head) in int64, its projection
-    W_h [BK, BF] fp32 (zero-padded), the feature mask [BF], and its tiles [t_lo, t_hi) of BT tokens)."""
+def _program_setup(w, T, TPP, H: tl.constexpr, GX: tl.constexpr, K: tl.constexpr, FH: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr):  # fmt: skip
+    """Grid (cdiv(n_tiles, TPP), B*H): (this program's (batch, query head) and (batch, x head) in int64, its
+    projection W_h [BK, BF] fp32 (zero-padded), the feature mask [BF], and its tiles [t_lo, t_hi) of BT
+    tokens). x has H / GX heads: query head h reads x head h // GX (grouped-query keys, read in place)."""
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)
     m_f = o_f < FH
     p_w = w + (i_bh % H).to(tl.int64) * K * FH + o_k[:, None] * FH + o_f[None, :]
     b_w = tl.load(p_w, mask=(o_k < K)[:, None] & m_f[None, :], other=0.0).to(tl.float32)  # [BK, BF]
     t_lo = i_p * TPP
-    return i_bh.to(tl.int64), b_w, m_f, t_lo, tl.minimum(t_lo + TPP, tl.cdiv(T, BT))
+    i_bx = (i_bh // H) * (H // GX) + (i_bh % H) // GX
+    return i_bh.to(tl.int64), i_bx.to(tl.int64), b_w, m_f, t_lo, tl.minimum(t_lo + TPP, tl.cdiv(T, BT))
 
 
 @triton.jit
@@ -93,12 +95,12 @@ def _tile_softmaxes(x, b_w, m_f, i_t, T, K: tl.constexpr, BT: tl.constexpr, BK: 
 
 @triton.jit(do_not_specialize=["T", "TPP"])
 def hedgehog_map_fwd_kernel(
-    x, w, phi, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BF: tl.constexpr, PREC: tl.constexpr,
+    x, w, phi, T, TPP, H: tl.constexpr, GX: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(n_tiles, TPP), B*H): phi of TPP tiles of BT tokens of one (batch, head), two halves."""
-    i_bh64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, K, FH, BT, BK, BF)
-    x += i_bh64 * T * K
+    """Grid (cdiv(n_tiles, TPP), B*H): phi of TPP tiles of BT tokens of one (batch, query head), two halves."""
+    i_bh64, i_bx64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, GX, K, FH, BT, BK, BF)
+    x += i_bx64 * T * K
     phi += i_bh64 * T * 2 * FH
     for i_t in range(t_lo, t_hi):
         o_t, m_t, b_p, b_n = _tile_softmaxes(x, b_w, m_f, i_t, T, K, BT, BK, PREC)
@@ -118,17 +120,19 @@ def _softmax_back(b_g, b_p):
 
 @triton.jit(do_not_specialize=["T", "TPP"])
 def hedgehog_map_bwd_kernel(
-    x, w, dphi, dz, dx, T, TPP, H: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr, WRITE_DZ: tl.constexpr, ADD_DX: tl.constexpr,
+    x, w, dphi, dz, dx, T, TPP, H: tl.constexpr, GX: tl.constexpr, K: tl.constexpr, FH: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr, WRITE_DZ: tl.constexpr,
+    ADD_DX: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(n_tiles, TPP), B*H): dz = d(x W_h) [BT, f] per tile in fp32 (softmax(-z) enters with a
     minus sign); WRITE_DZ stores it to dz [B, H, T, f] (in dz's dtype, for the weight's gradient), ADD_DX
-    adds dz W_h^T into dx [B, H, T, K] in place (x's gradient, already holding the attention's part)."""
-    i_bh64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, K, FH, BT, BK, BF)
-    x += i_bh64 * T * K
+    adds dz W_h^T into dx [B, H, T, K] in place (x's gradient, already holding the attention's part; GX = 1:
+    with grouped x heads several programs would add into one row)."""
+    i_bh64, i_bx64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, GX, K, FH, BT, BK, BF)
+    x += i_bx64 * T * K
     dphi += i_bh64 * T * 2 * FH
     dz += i_bh64 * T * FH
-    dx += i_bh64 * T * K
+    dx += i_bx64 * T * K
     for i_t in range(t_lo, t_hi):
         o_t, m_t, b_p, b_n = _tile_softmaxes(x, b_w, m_f, i_t, T, K, BT, BK, PREC)
         p_dphi = dphi + o_t[:, None] * 2 * FH + tl.arange(0, BF)[None, :]
@@ -145,19 +149,21 @@ def hedgehog_map_bwd_kernel(
 
 def _launch_args(x, w, bt, stages, warps):
     """(grid, TPP, compile-time and launch options): about _PROGRAMS_PER_SM programs per multiprocessor, each
-    walking TPP consecutive tiles of one (batch, head); at least one tile each. The options dict is shared
-    between calls with the same shapes: read it, never modify it."""
-    return _launch_plan(tuple(x.shape), w.shape[-1], x.dtype, x.device, bt, stages, warps, _PROGRAMS_PER_SM)
+    walking TPP consecutive tiles of one (batch, query head); at least one tile each. x [B, XH, T, K] has
+    XH = H / GX heads for w's H. The options dict is shared between calls with the same shapes: read it,
+    never modify it."""
+    return _launch_plan(tuple(x.shape), tuple(w.shape), x.dtype, x.device, bt, stages, warps, _PROGRAMS_PER_SM)
 
 
 @functools.lru_cache(maxsize=256)  # host time: 24 us a call uncached on the CPU machine, 4 launches per layer
-def _launch_plan(shape, FH, dtype, device, bt, stages, warps, programs_per_sm):
-    B, H, T, K = shape
+def _launch_plan(x_shape, w_shape, dtype, device, bt, stages, warps, programs_per_sm):
+    B, XH, T, K = x_shape
+    H, FH = w_shape[0], w_shape[-1]
     n_tiles = triton.cdiv(T, bt)
     per_head = max(1, min(n_tiles, triton.cdiv(programs_per_sm * multiprocessors(device, _INTERPRETER_SMS), B * H)))
     tpp = triton.cdiv(n_tiles, per_head)
     grid = (triton.cdiv(n_tiles, tpp), B * H)
-    return grid, tpp, dict(H=H, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(dtype),
+    return grid, tpp, dict(H=H, GX=H // XH, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(dtype),
                            num_warps=warps, num_stages=stages)  # fmt: skip
 
 
@@ -189,26 +195,31 @@ def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
 
 
 def map_forward(x, w):
-    """Launch the forward: phi [B, H, T, 2f] in x's dtype (x contiguous [B, H, T, K], w [H, K, f])."""
+    """Launch the forward: phi [B, H, T, 2f] in x's dtype (x contiguous [B, XH, T, K] with XH dividing H,
+    w [H, K, f]: query head h maps x head h // (H / XH), as after HF's repeat_kv, without the repeat)."""
     grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD, _NUM_WARPS)
-    phi = x.new_empty(*x.shape[:3], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
+    phi = x.new_empty(x.shape[0], w.shape[0], x.shape[2], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
     launch_jit(hedgehog_map_fwd_kernel, grid, x, w, phi, x.shape[2], tpp, **meta)
     return phi
 
 
 def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
-    """Launch the backward through the softmaxes. Returns dz = d(x W_h) [B, H, T, f] in x's dtype when
-    ``need_dz`` (the weight's gradient takes it; x's gradient from it via :func:`project_back`), else
-    None. With ``dx`` ([B, H, T, K] contiguous, x's dtype: e.g. the attention's gradient of the same x),
-    the kernel also adds dz W_h^T into it in place, from dz still in registers (fp32): no dz round trip
-    through memory and no separate GEMM or add for x's gradient."""
+    """Launch the backward through the softmaxes (x [B, XH, T, K], w [H, K, f], dphi [B, H, T, 2f], as
+    :func:`map_forward`). Returns dz = d(x W_h) [B, H, T, f] per query head in x's dtype when ``need_dz``
+    (the weight's gradient takes it; x's gradient from it via :func:`project_back`, which sums the query
+    heads of each x head), else None. With ``dx`` ([B, H, T, K] contiguous, x's dtype: e.g. the attention's
+    gradient of the same x; XH = H only), the kernel also adds dz W_h^T into it in place, from dz still in
+    registers (fp32): no dz round trip through memory and no separate GEMM or add for x's gradient."""
     if dx is not None and (dx.shape != x.shape or dx.dtype != x.dtype or not dx.is_contiguous()):
         raise ValueError(f"dx must be contiguous with x's shape and dtype {tuple(x.shape)}, {x.dtype}; got "
                          f"{tuple(dx.shape)}, {dx.dtype}")  # fmt: skip
+    if dx is not None and x.shape[1] != w.shape[0]:
+        raise ValueError(f"adding into dx needs one x head per map head, got {x.shape[1]} x heads for "
+                         f"{w.shape[0]} maps; take dz (need_dz=True) and project_back instead")  # fmt: skip
     add_dx = dx is not None
     stages, warps = (_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD, _NUM_WARPS)
     grid, tpp, meta = _launch_args(x, w, _BT_BWD, stages, warps)
-    dz = x.new_empty(*x.shape[:3], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: a pointer never written
+    dz = x.new_empty(x.shape[0], w.shape[0], x.shape[2], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: never written
     launch_jit(
         hedgehog_map_bwd_kernel, grid, x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp,
         WRITE_DZ=need_dz, ADD_DX=add_dx, **meta,

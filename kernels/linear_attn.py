@@ -475,15 +475,28 @@ def linear_attn(
     )
 
 
+# Below this many tokens hedgehog_linear_attn(fuse_map=None) runs the fused kernels, from here on the staged
+# op (hedgehog_linear.py: the map kernel writes phi once, the unfused kernels read it). Measured on an H200
+# (bf16, batch 1, 32 heads, K = D = 128, f = 64; benchmarks/README.md, "Twelfth run").
+FUSE_MAP_BELOW = 8192
+
+
 def hedgehog_linear_attn(
-    q, k, v, wq, wk, *, eps: float = LINEAR_EPS, chunk_size: int = 32, segment_chunks: int | None = None
-) -> torch.Tensor:
-    """Causal linear attention with the Hedgehog feature map fused in (Triton). Differentiable w.r.t. all inputs.
+    q, k, v, wq, wk, *, eps: float = LINEAR_EPS, chunk_size: int = 32, segment_chunks: int | None = None,
+    fuse_map: bool | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Causal linear attention on the Hedgehog features of q and k (Triton). Differentiable w.r.t. all inputs.
 
     Equals ``naive_linear_attn(phi_q(q), phi_k(k), v)`` with phi(x) = clamp(concat(softmax(x W_h),
-    softmax(-x W_h)), min=1e-12) (SPEC.md), without writing phi(q), phi(k) to memory when the map is small
-    enough to fuse (:func:`fused_hedgehog_fits`: f <= 64 at head dim <= 128 in bf16); otherwise phi is computed in
-    PyTorch and the unfused kernel runs (the fused backward would exceed an H100's shared memory).
+    softmax(-x W_h)), min=1e-12) (SPEC.md). Two forms, the same math:
+      - fused (``fuse_map=True``): every kernel computes phi from the q / k tiles in registers, so the features
+        never reach global memory. Only for maps small enough to fuse (:func:`fused_hedgehog_fits`: f <= 64
+        at head dim <= 128 in bf16; the fused backward would exceed an H100's shared memory beyond).
+      - staged (``fuse_map=False``, ``hedgehog_linear.py``): the map kernel writes phi(q), phi(k) once in q's
+        dtype and the unfused kernels read them; they are kept for the backward (2 x [B, H, T, 2f] more
+        memory). Faster from FUSE_MAP_BELOW tokens on (the fused kernels recompute the maps seven times per
+        chunk), and it takes maps up to f = 128. Larger maps (f or K > 128) compute phi in PyTorch.
+    ``fuse_map=None`` (default) picks fused below FUSE_MAP_BELOW tokens when the map fits, staged otherwise.
 
     Args:
         q: [B, H, T, K], k: [B, KH, T, K] raw queries and keys (after RoPE); v: [B, VH, T, D]; KH and VH
@@ -491,27 +504,41 @@ def hedgehog_linear_attn(
         wq, wk: [H, K, f] per query head projections (``HedgehogFeatureMap`` weights, untied; the key map
             is applied per query head, as after HF's repeat_kv), any float dtype.
         segment_chunks: see :func:`linear_attn`.
+        fuse_map: True (fused), False (staged) or None (by length, above).
     Returns: y [B, H, T, D] in v's dtype.
     """
     _check_common(v, eps, chunk_size, segment_chunks, q=q, k=k)
-    H, K = q.shape[1], q.shape[3]
+    H, T, K = q.shape[1], q.shape[2], q.shape[3]
     for name, w in (("wq", wq), ("wk", wk)):
         check_projection(name, w, "q", q)
     if wq.shape != wk.shape:
         raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
-    if not fused_hedgehog_fits(K, wq.shape[-1], q.dtype):
-        # the fused kernels hold the [K, 2f] projection tiles of q and k plus the [2f, D] state as dot
-        # operands: at K = 128, f = 128 that is 256 KB of shared memory in bf16 (compiled for sm_90,
-        # results/kernel-resources-sm90-2026-11-23.json), above the H100's 227 KB. Compute phi in PyTorch (it then reaches global memory) and run the unfused kernel.
-        from lolcats_lab.feature_maps import hedgehog_phi  # the library's map, in fp32
+    if fuse_map not in (None, True, False):
+        raise ValueError(f"fuse_map must be True, False or None (by length), got {fuse_map!r}")
+    fits = fused_hedgehog_fits(K, wq.shape[-1], q.dtype)
+    if fuse_map and not fits:
+        raise ValueError(
+            f"fuse_map=True: the fused kernels take f <= 64 at head dim <= 128 for fp16/bf16 (f <= 32 at head "
+            f"dim <= 64 for fp32), got head dim {K}, f {wq.shape[-1]}, {q.dtype}; use fuse_map=False or None"
+        )
+    if fuse_map or (fuse_map is None and fits and T < FUSE_MAP_BELOW):
+        return LinearAttnFunction.apply(
+            q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
+            segment_chunks,
+        )  # fmt: skip
+    from .hedgehog_map import hedgehog_map_fits
 
-        fq = hedgehog_phi(q.float(), wq).to(v.dtype)  # [B, H, T, 2f]
-        fk = hedgehog_phi(k.float().repeat_interleave(H // k.shape[1], dim=1), wk).to(v.dtype)
-        return LinearAttnFunction.apply(fq, fk, v.contiguous(), None, None, eps, chunk_size, segment_chunks)
-    return LinearAttnFunction.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
-        segment_chunks,
-    )
+    if hedgehog_map_fits(K, wq.shape[-1]):
+        from .hedgehog_linear import staged_hedgehog_linear_attn
+
+        return staged_hedgehog_linear_attn(q, k, v, wq, wk, eps=eps, chunk_size=chunk_size,
+                                           segment_chunks=segment_chunks)  # fmt: skip
+    # past the map kernel's [K, 2f] tile (K or f > 128): phi in PyTorch (fp32), then the unfused kernel
+    from lolcats_lab.feature_maps import hedgehog_phi
+
+    fq = hedgehog_phi(q.float(), wq).to(v.dtype)  # [B, H, T, 2f]
+    fk = hedgehog_phi(k.float().repeat_interleave(H // k.shape[1], dim=1), wk).to(v.dtype)
+    return LinearAttnFunction.apply(fq, fk, v.contiguous(), None, None, eps, chunk_size, segment_chunks)
 
 
 def fused_hedgehog_fits(head_dim: int, feature_dim: int, dtype: torch.dtype = torch.bfloat16) -> bool:

@@ -147,3 +147,24 @@ def test_map_backward_rejects_a_gradient_it_cannot_add_into():
         map_backward(x, w, dphi, dx=torch.zeros(1, 2, 20, 8, device=DEVICE))
     with pytest.raises(ValueError, match=r"dx must be contiguous"):
         map_backward(x, w, dphi, dx=torch.zeros(1, 2, 16, 20, device=DEVICE).transpose(2, 3))
+
+
+def test_map_reads_grouped_query_heads_in_place():
+    """x with 2 heads under 6 maps (3 query heads per x head, as grouped-query keys): phi per query head equals
+    the PyTorch map of x repeated to the query heads, and the launchers' dz, summed by project_back over
+    each x head's query heads, gives the repeat's gradients. Adding into dx is refused for grouped heads
+    (several programs would add into one row)."""
+    from lolcats_lab.kernels.hedgehog_map import map_backward, map_forward, project_back
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 2, 37, 12, generator=g).to(DEVICE)
+    w = torch.randn(6, 12, 5, generator=g).to(DEVICE)
+    dphi = torch.randn(2, 6, 37, 10, generator=g).to(DEVICE)
+    want = _run(lambda x_, w_: hedgehog_phi(x_.repeat_interleave(3, dim=1), w_), x, w, dphi)
+    phi = map_forward(x.contiguous(), w)
+    dx, dw = project_back(map_backward(x.contiguous(), w, dphi), x, w)
+    for name, a, b in zip(("phi", "dx", "dw"), want, (phi, dx, dw)):
+        check_close(name, a, b, **TOLERANCES[torch.float32])
+    assert rel_rms(want[0], map_forward(x[:, [1, 0]].contiguous(), w)) > 0.1  # which x head each map reads
+    with pytest.raises(ValueError, match=r"adding into dx needs one x head per map head, got 2 x heads for 6"):
+        map_backward(x.contiguous(), w, dphi, dx=torch.zeros_like(x))

@@ -1,0 +1,68 @@
+"""One autograd op for causal linear attention on Hedgehog features: the map kernel, then the linear kernel.
+
+Math: y = linear_attn(phi_q(q), phi_k(k), v) with phi the Hedgehog map of SPEC.md (per query head
+projections wq, wk [H, K, f]); exactly ``linear_attn(hedgehog_map(q, wq), hedgehog_map(k_rep, wk), v)`` with
+k_rep = k repeated to the query heads. Reference: ``lolcats_lab.feature_maps.hedgehog_phi`` composed with
+``lolcats_lab.attention.linear.naive_linear_attn``.
+
+This is the "staged" form of ``linear_attn.hedgehog_linear_attn``: phi(q), phi(k) [B, H, T, 2f] are written
+once in q's dtype by ``hedgehog_map.map_forward`` and read by the unfused linear kernels, instead of being
+recomputed in registers by every fused kernel (forward, dq, dk/dv and both segment-state passes: seven maps
+of a [BT, K] tile per chunk against two here). On an H200 at 16k tokens (bf16, 32 heads, K = D = 128,
+f = 64) that was 4.35 against 4.98 ms of kernels per forward+backward (benchmarks/README.md, "Twelfth
+run"). The cost is memory: the two feature tensors are kept for the backward (at 64k tokens 1 GiB more
+than the fused op's 0.9 GiB). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
+
+Backward: the linear backward gives dfq, dfk [B, H, T, 2f] (per query head); each map's backward kernel turns
+them into dz = d(x W) [B, H, T, f]; ``project_back`` then takes dx = dz W^T (summed over each key head's
+query heads) and dW = x^T dz as GEMMs, only for the inputs that need a gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hedgehog_map import map_backward, map_forward, project_back
+from .linear_attn import linear_attn_bwd, linear_attn_fwd
+
+
+class HedgehogLinearStagedFunction(torch.autograd.Function):
+    """Forward: both maps (map kernel), then the linear forward. Backward: the linear backward, then each
+    map's backward kernel and its projection GEMMs. Saves q, k, v, wq, wk, fq, fk, y and the linear
+    forward's normaliser and segment start states."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, wq, wk, eps, chunk_size, segment_chunks):
+        fq = map_forward(q, wq)  # [B, H, T, 2f] in q's dtype
+        fk = map_forward(k, wk)  # [B, H, T, 2f]: one map per query head, k's heads read in place
+        y, (den, s0, z0, cps) = linear_attn_fwd(fq, fk, v, eps=eps, chunk_size=chunk_size,
+                                                segment_chunks=segment_chunks)  # fmt: skip
+        ctx.save_for_backward(q, k, v, wq, wk, fq, fk, y, den, s0, z0)
+        ctx.chunk_size, ctx.cps = chunk_size, cps
+        return y
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, wq, wk, fq, fk, y, den, s0, z0 = ctx.saved_tensors
+        dfq, dfk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
+                                             chunk_size=ctx.chunk_size)  # fmt: skip
+        need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
+        dq, dwq = _map_grad(q, wq, dfq, need_q, need_wq)
+        dk, dwk = _map_grad(k, wk, dfk, need_k, need_wk)
+        return dq, dk, dv, dwq, dwk, None, None, None
+
+
+def _map_grad(x, w, dphi, need_x: bool, need_w: bool):
+    """(dx, dw) of one map from the features' gradient dphi [B, H, T, 2f]; None for what is not needed."""
+    if not (need_x or need_w):
+        return None, None
+    dz = map_backward(x, w, dphi)  # [B, H, T, f] in x's dtype
+    return project_back(dz, x, w, need_dx=need_x, need_dw=need_w)
+
+
+def staged_hedgehog_linear_attn(q, k, v, wq, wk, *, eps, chunk_size, segment_chunks):
+    """The staged op on checked inputs (``linear_attn.hedgehog_linear_attn`` checks them and picks it)."""
+    return HedgehogLinearStagedFunction.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
+        segment_chunks,
+    )  # fmt: skip
