@@ -59,12 +59,13 @@ def sweep_map(B, H, T, reps, write_dz=False):
     dphi = torch.randn(B, H, T, 128, device="cuda").bfloat16()
     dx = torch.randn(B, H, T, 128, device="cuda").bfloat16()  # the attention's part of x's gradient
     saved = (hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._WARPS_ADD_DX, hm._STAGES_ADD_DX,
-             hm._PROGRAMS_PER_SM)
+             hm._PROGRAMS_PER_SM, hm._PROGRAMS_PER_SM_ADD_DX)
     rows = []
     try:
         for bt, warps, stages, per_sm in itertools.product((64, 128), (4, 8), (1, 2, 3), (1, 2, 4, 64)):
             hm._BT_FWD = hm._BT_BWD = bt
-            hm._NUM_WARPS, hm._WARPS_ADD_DX, hm._PROGRAMS_PER_SM = warps, warps, per_sm
+            hm._NUM_WARPS, hm._WARPS_ADD_DX = warps, warps
+            hm._PROGRAMS_PER_SM = hm._PROGRAMS_PER_SM_ADD_DX = per_sm
             hm._STAGES_FWD = hm._STAGES_BWD = hm._STAGES_ADD_DX = stages
             row = dict(tile=bt, num_warps=warps, num_stages=stages, programs_per_sm=per_sm)
             try:
@@ -83,7 +84,7 @@ def sweep_map(B, H, T, reps, write_dz=False):
                      else row["error"][:200]), flush=True)  # fmt: skip
     finally:
         (hm._BT_FWD, hm._BT_BWD, hm._NUM_WARPS, hm._STAGES_FWD, hm._STAGES_BWD, hm._WARPS_ADD_DX, hm._STAGES_ADD_DX,
-         hm._PROGRAMS_PER_SM) = saved
+         hm._PROGRAMS_PER_SM, hm._PROGRAMS_PER_SM_ADD_DX) = saved
     ok = [r for r in rows if "fwd_ms" in r]
     if ok:
         print("best fwd:", min(ok, key=lambda r: r["fwd_ms"]))

@@ -50,11 +50,17 @@ from ._utils import block, check_device, check_projection, check_tensor, dot_pre
 # backward that also adds dz W^T into x's gradient (ADD_DX, stage 2) reads and writes that [BT, K] tile too,
 # and swept on its own (...-sweep-map-add-dx.json) it is fastest at 64-token tiles with 4 warps and 2 stages
 # (61.2 us; 88 us at the write-dz settings: 5.65 ms over an 8B stage-2 step, ...-8b-lora-2026-12-01-add-dx.json).
+# Session 11 swept the same grid at [1, 32, 16384, 128] with dz written (the staged linear op's backward;
+# ...-sweep-map-16k-session11.json): one program per SM left the forward at 0.167 ms and the backward at
+# 0.246; four per SM at 3 stages (about 512 programs at both shapes) take 0.108 / 0.162 there, and at the
+# stage-2 shape 37.0 against 34.8 us (forward) and 52.5 against 48.8 (backward, timed adding dx). The
+# add-dx backward (stage 2's only map backward) keeps one program per SM.
 _BT_FWD, _BT_BWD = 128, 64
 _NUM_WARPS = 8
-_STAGES_FWD, _STAGES_BWD = 2, 3
+_STAGES_FWD, _STAGES_BWD = 3, 3
 _WARPS_ADD_DX, _STAGES_ADD_DX = 4, 2
-_PROGRAMS_PER_SM = 1
+_PROGRAMS_PER_SM = 4  # forward and the write-dz backward
+_PROGRAMS_PER_SM_ADD_DX = 1
 _INTERPRETER_SMS = 4  # the CPU interpreter has no multiprocessors; any small count exercises the tiling
 
 
@@ -147,12 +153,13 @@ def hedgehog_map_bwd_kernel(
             store_rows(dx, b_dx, o_t, m_t, K, BK)
 
 
-def _launch_args(x, w, bt, stages, warps):
+def _launch_args(x, w, bt, stages, warps, programs_per_sm=None):
     """(grid, TPP, compile-time and launch options): about _PROGRAMS_PER_SM programs per multiprocessor, each
     walking TPP consecutive tiles of one (batch, query head); at least one tile each. x [B, XH, T, K] has
     XH = H / GX heads for w's H. The options dict is shared between calls with the same shapes: read it,
     never modify it."""
-    return _launch_plan(tuple(x.shape), tuple(w.shape), x.dtype, x.device, bt, stages, warps, _PROGRAMS_PER_SM)
+    per_sm = _PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
+    return _launch_plan(tuple(x.shape), tuple(w.shape), x.dtype, x.device, bt, stages, warps, per_sm)
 
 
 @functools.lru_cache(maxsize=256)  # host time: 24 us a call uncached on the CPU machine, 4 launches per layer
@@ -217,8 +224,9 @@ def map_backward(x, w, dphi, dx=None, need_dz: bool = True):
         raise ValueError(f"adding into dx needs one x head per map head, got {x.shape[1]} x heads for "
                          f"{w.shape[0]} maps; take dz (need_dz=True) and project_back instead")  # fmt: skip
     add_dx = dx is not None
-    stages, warps = (_STAGES_ADD_DX, _WARPS_ADD_DX) if add_dx else (_STAGES_BWD, _NUM_WARPS)
-    grid, tpp, meta = _launch_args(x, w, _BT_BWD, stages, warps)
+    stages, warps, per_sm = ((_STAGES_ADD_DX, _WARPS_ADD_DX, _PROGRAMS_PER_SM_ADD_DX) if add_dx
+                             else (_STAGES_BWD, _NUM_WARPS, _PROGRAMS_PER_SM))  # fmt: skip
+    grid, tpp, meta = _launch_args(x, w, _BT_BWD, stages, warps, per_sm)
     dz = x.new_empty(x.shape[0], w.shape[0], x.shape[2], w.shape[-1]) if need_dz else x  # [B, H, T, f]; x: never written
     launch_jit(
         hedgehog_map_bwd_kernel, grid, x, w, dphi.contiguous(), dz, dx if add_dx else x, x.shape[2], tpp,
