@@ -7,11 +7,12 @@ k_rep = k repeated to the query heads. Reference: ``lolcats_lab.feature_maps.hed
 
 This is the "staged" form of ``linear_attn.hedgehog_linear_attn``: phi(q), phi(k) [B, H, T, 2f] are written
 once in q's dtype by ``hedgehog_map.map_forward`` and read by the unfused linear kernels, instead of being
-recomputed in registers by every fused kernel (forward, dq, dk/dv and both segment-state passes: seven maps
-of a [BT, K] tile per chunk against two here). On an H200 at 16k tokens (bf16, 32 heads, K = D = 128,
-f = 64) that was 4.35 against 4.98 ms of kernels per forward+backward (benchmarks/README.md, "Twelfth
-run"). The cost is memory: the two feature tensors are kept for the backward (at 64k tokens 1 GiB more
-than the fused op's 0.9 GiB). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
+recomputed in registers by every fused kernel (forward, dq, dk/dv and both segment-state passes: eight maps
+of a [BT, K] tile per chunk, against four here: q and k, forward and backward). On an H200 at 16k tokens
+(bf16, batch 1, 32 heads, K = D = 128, f = 64) that is 4.06 against 4.98 ms of kernels per forward+backward
+(results/NVIDIA_H200-2026-12-01-hedgehog-staged-profile-session11.json). The cost is memory: the two
+feature tensors are kept for the backward (peak at 64k tokens 2.9 GiB against the fused op's 0.9 GiB and
+fla's 7.5). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
 
 Backward: the linear backward gives dfq, dfk [B, H, T, 2f] (per query head); each map's backward kernel turns
 them into dz = d(x W) [B, H, T, f]; ``project_back`` then takes dx = dz W^T (summed over each key head's

@@ -185,6 +185,43 @@ tuple(round(r, 2) for r in vs_fla.values()), tuple(round(r, 2) for r in hybrid_v
 
 
 # %% [markdown]
+# ### Fused or staged: where the Hedgehog map runs
+#
+# The fused kernels never write the features: every kernel recomputes phi(q) and phi(k) from the q and k
+# tiles in registers (the forward, the dq and dk/dv scans and both segment-state passes). A later session
+# timed the other order, "staged": the map kernel writes phi once (bf16, 128 features per token and head),
+# and the linear kernels read it. Per the profiler at 16k tokens that is 4.06 against 4.98 ms of kernels: the
+# maps are computed four times per chunk (q and k, forward and backward) instead of eight, and the extra
+# traffic (writing and reading phi) is small next to that. The price is memory: the two feature tensors are kept for the backward.
+# `triton_hedgehog_linear_attn` now picks by length (`fuse_map=None`: fused below 8k tokens, where both
+# wait on the host and the fused op has fewer launches; staged from there on). Below, both forms and the
+# linear kernel on precomputed features, each as a fraction of fla's time in the same run.
+
+# %%
+import plotly.graph_objects as go
+
+STAGED = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-hedgehog-staged-session11.json").read_text())
+ms11 = {(r["provider"], r["T"]): r["ms"] for r in STAGED["rows"] if r["mode"] == "fwd+bwd"}
+lengths = sorted({T for (_, T) in ms11})
+labels = {"triton_hedgehog_fused_f64": "Hedgehog, fused map", "triton_hedgehog_staged_f64": "Hedgehog, staged map",
+          "triton_linear": "linear, precomputed features"}
+fig = go.Figure()
+for name, label in labels.items():
+    fig.add_scatter(x=lengths, y=[ms11[name, T] / ms11["fla_chunk", T] for T in lengths], name=label, mode="lines+markers")
+fig.add_hline(y=1.0, line_dash="dot", annotation_text="fla chunk (precomputed features)")
+fig.update_layout(xaxis=dict(type="log", title="tokens"), yaxis_title="forward+backward time / fla's",
+                  title=f"{STAGED['env']['device']}, bf16, batch 1, 32 heads, head dim 128, 128 features")
+fig.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+staged_vs_fla = {T: ms11["triton_hedgehog_staged_f64", T] / ms11["fla_chunk", T] for T in (8192, 16384, 32768, 65536)}
+staged_vs_fused = {T: ms11["triton_hedgehog_staged_f64", T] / ms11["triton_hedgehog_fused_f64", T] for T in staged_vs_fla}
+assert all(r < 1 for r in staged_vs_fla.values()) and all(r < 1 for r in staged_vs_fused.values())
+tuple(round(r, 2) for r in staged_vs_fla.values()), tuple(round(r, 2) for r in staged_vs_fused.values())  # 8k .. 64k
+
+
+# %% [markdown]
 # ### Where the time goes
 #
 # `benchmarks/profile_kernels.py` runs one forward+backward under `torch.profiler` and sums the GPU time
@@ -197,8 +234,6 @@ tuple(round(r, 2) for r in vs_fla.values()), tuple(round(r, 2) for r in hybrid_v
 # host to launch work (SDPA at 1k is one fused kernel pair, and still waits).
 
 # %%
-import plotly.graph_objects as go
-
 PROFILE = RESULTS_DIR / "NVIDIA_H100_80GB_HBM3-2026-11-23-profile-before-scan.json"
 profile_rows = json.loads(PROFILE.read_text())["rows"]
 
@@ -348,5 +383,6 @@ subprocess.run([sys.executable, "../benchmarks/bench_attention.py"], check=True)
 #   the benchmark's own check).
 # * Measured speed: linear scaling, several times faster than FlashAttention from 8k on and, with the
 #   Hedgehog map fused, within a few percent of flash-linear-attention (faster at some lengths, slower at
-#   others, and which depends on the GPU); not below 8k (launch overhead). The hybrid was 1.5-1.7x the
+#   others, and which depends on the GPU); with the map staged (written once), 0.86-0.89x fla's time from
+#   16k on an H200; not below 8k (launch overhead). The hybrid was 1.5-1.7x the
 #   linear kernel on the H100 above; with its split backward it is now faster than it on an H200.
