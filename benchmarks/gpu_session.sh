@@ -32,6 +32,7 @@
 #   hedgehog-staged  the Hedgehog op three ways, 1k..64k beside SDPA and fla: fused map (phi in registers), staged
 #             (the map kernel writes phi once, then the unfused kernels, one op) and two ops (map op, linear op: a
 #             converted linear layer); f = 128 as called (staged); then fused and staged profiled at 4k / 16k
+#   staged-quick  the staged Hedgehog op's GPU tests, then it and the fused op beside fla at five lengths (~4 min)
 #   hedgehog-configs  the fused Hedgehog op at 6 warps x stages configs, 8k and 16k, beside fla (needs .whl)
 #   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
 #   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
@@ -123,6 +124,11 @@ for step in "$@"; do
                 triton_hedgehog_two_op_f64 triton_hedgehog_f128
             run 150 hedgehog-staged-profile python3 benchmarks/profile_kernels.py --lengths 4096 16384 \
                 --ops triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 --out "$OUT/hedgehog-staged-profile.json" ;;
+        staged-quick)  # the staged Hedgehog op's GPU tests, then fused / staged beside fla at 1k / 4k / 8k / 16k / 64k
+            run 150 staged-quick-tests python3 -m pytest -m gpu tests/kernels/test_linear_attn_kernel.py -k staged \
+                --timeout 90 -p no:cacheprovider -rA -q
+            run 200 staged-quick python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 8192 16384 65536 \
+                --providers fla_chunk triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 --out "$OUT/staged-quick.json" ;;
         hedgehog-configs)  # the fused Hedgehog op at each warps x stages config, 8k and 16k, beside fla
             run 300 hedgehog-configs python3 benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 \
                 --out "$OUT/hedgehog-configs.json" ;;

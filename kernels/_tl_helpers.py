@@ -153,6 +153,27 @@ def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr):
 
 
 @triton.jit
+def phi_halves_dz(b_g, b_phi, FZ: tl.constexpr, BF: tl.constexpr, BFZ: tl.constexpr, PREC: tl.constexpr):
+    """The gradient of z = x W [BT, BFZ] (fp32; columns past FZ are garbage, masked by the store) from that of
+    phi [BT, BF] (b_g) and phi itself (b_phi), with phi = clamp(concat(softmax(z), softmax(-z)), 1e-12) in
+    SPEC order: columns [0, FZ) the first half, [FZ, 2 FZ) the second, zero beyond. Per half the softmax
+    backward is p (g - sum(g p)); the second half enters with a minus sign, and the two are folded into
+    one [BT, FZ] tile by a dot with E [BF, BFZ] = (I; -I), which needs no reshape of the [BT, BF] tile.
+    phi stands in for the softmax: where the clamp acted (p < 1e-12) the gradient it lets through is about
+    1e-12 |g|, against the reference's 0."""
+    o_f = tl.arange(0, BF)
+    m_first = (o_f < FZ)[None, :]
+    b_gp = b_g * b_phi
+    s_first = tl.sum(tl.where(m_first, b_gp, 0.0), 1)  # [BT]
+    s_second = tl.sum(tl.where(m_first, 0.0, b_gp), 1)  # padding columns hold phi = 0
+    b_d = b_phi * (b_g - tl.where(m_first, s_first[:, None], s_second[:, None]))  # [BT, BF]
+    o_r, o_c = o_f[:, None], tl.arange(0, BFZ)[None, :]
+    m_c = o_c < FZ
+    b_fold = tl.where((o_r == o_c) & m_c, 1.0, tl.where((o_r == o_c + FZ) & m_c, -1.0, 0.0))  # [BF, BFZ]
+    return tl.dot(b_d, b_fold, input_precision=PREC)
+
+
+@triton.jit
 def pair_difference(b_x, BT: tl.constexpr, BF: tl.constexpr):
     """Interleaved columns (a_0, b_0, a_1, b_1, ...) of b_x [BT, BF] -> a - b [BT, BF // 2] (fp32). With
     hedgehog_dz's output: the gradient of z = x W from that of z2 = x W2 (see load_w2)."""

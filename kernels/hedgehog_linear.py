@@ -14,9 +14,13 @@ of a [BT, K] tile per chunk, against four here: q and k, forward and backward). 
 feature tensors are kept for the backward (peak at 64k tokens 2.9 GiB against the fused op's 0.9 GiB and
 fla's 7.5). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
 
-Backward: the linear backward gives dfq, dfk [B, H, T, 2f] (per query head); each map's backward kernel turns
-them into dz = d(x W) [B, H, T, f]; ``project_back`` then takes dx = dz W^T (summed over each key head's
-query heads) and dW = x^T dz as GEMMs, only for the inputs that need a gradient.
+Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves, from
+phi, which they read anyway (``DZ_IN_KERNELS``; ``_tl_helpers.phi_halves_dz``): they write dz = d(x W)
+[B, H, T, f] per query head instead of dphi [B, H, T, 2f], and no map backward kernel runs. The softmax
+values are then phi as stored (bf16 for bf16 inputs, where the map's backward kernel recomputes them in
+fp32 from x). ``project_back`` takes dx = dz W^T (summed over each key head's query heads) and dW = x^T dz
+as GEMMs, only for the inputs that need a gradient. With ``DZ_IN_KERNELS = False`` the linear backward
+writes dphi and each map's backward kernel turns it into dz (the form measured in session 11's first calls).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import torch
 
 from .hedgehog_map import map_backward, map_forward, project_back
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
+
+DZ_IN_KERNELS = True  # dz from phi in the linear backward kernels; False: dphi, then the map backward kernels
 
 
 class HedgehogLinearStagedFunction(torch.autograd.Function):
@@ -45,9 +51,15 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, wq, wk, fq, fk, y, den, s0, z0 = ctx.saved_tensors
-        dfq, dfk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
-                                             chunk_size=ctx.chunk_size)  # fmt: skip
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
+        saved = (den, s0, z0, ctx.cps)
+        if DZ_IN_KERNELS:  # dz_q, dz_k [B, H, T, f] straight from the kernels
+            dzq, dzk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), saved, chunk_size=ctx.chunk_size,
+                                                 phi_half=wq.shape[-1])  # fmt: skip
+            dq, dwq = project_back(dzq, q, wq, need_dx=need_q, need_dw=need_wq)
+            dk, dwk = project_back(dzk, k, wk, need_dx=need_k, need_dw=need_wk)
+            return dq, dk, dv, dwq, dwk, None, None, None
+        dfq, dfk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), saved, chunk_size=ctx.chunk_size)
         dq, dwq = _map_grad(q, wq, dfq, need_q, need_wq)
         dk, dwk = _map_grad(k, wk, dfk, need_k, need_wk)
         return dq, dk, dv, dwq, dwk, None, None, None

@@ -72,6 +72,7 @@ from ._tl_helpers import (
     load_segment_state,
     load_w2,
     pair_difference,
+    phi_halves_dz,
     segment_chunks,
     store_rows,
 )
@@ -102,6 +103,7 @@ _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=4, num_stages=2),
 )
 _KEY = ["K", "V", "FH", "BT", "BV", "HEDGEHOG", "LOWP", "GK", "GV"]
+_KEY_BWD = _KEY + ["FZ"]
 
 
 @triton.jit
@@ -173,17 +175,19 @@ def linear_attn_fwd_kernel(
         b_z += tl.sum(b_fk, 0)
 
 
-@triton.autotune(configs=_CONFIGS, key=_KEY)
+@triton.autotune(configs=_CONFIGS, key=_KEY_BWD)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dq_kernel(
     q, k, v, do, y, wq, wk, s0, z0, dq, den, dd, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FZ: tl.constexpr, BFZ: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H), from the forward's output y and normaliser den: write
     dd [B, H, T] and dq [B, H, T, GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f;
-    hedgehog_dz, pair_difference). Unfused, the query features are not read at all (dfq needs none).
+    hedgehog_dz, pair_difference), or unfused with FZ > 0 (the staged Hedgehog op: the features are phi in
+    SPEC order with FZ columns per half) that of z = q W (GW = FZ) from the features (phi_halves_dz).
+    Otherwise the query features are not read at all (dfq needs none).
     (Summing the segment's reverse state P_s = sum fq dn^T here as well, instead of in a separate
     segment_state_kernel pass, was slower on an H200: benchmarks/README.md, session 8.)"""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
@@ -232,23 +236,26 @@ def linear_attn_bwd_dq_kernel(
         )  # [BT, BF]
         if HEDGEHOG:  # d(q W) [BT, BF / 2] from d(q W2) [BT, BF]
             store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF), BT, BF), o_t, m_t, GW, BF // 2)
+        elif FZ > 0:  # d(q W) [BT, FZ] from dphi and phi (the staged Hedgehog op)
+            b_phi = load_rows(q, o_t, m_t, K, BK)  # [BT, BF]: the query features, K = F
+            store_rows(dq, phi_halves_dz(b_dfq, b_phi, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
         else:
             store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
         b_z += tl.sum(b_fk, 0)
 
 
-@triton.autotune(configs=_CONFIGS, key=_KEY)
+@triton.autotune(configs=_CONFIGS, key=_KEY_BWD)
 @triton.jit(do_not_specialize=["T", "NSEG", "CPS"])
 def linear_attn_bwd_dkv_kernel(
     q, k, v, do, wq, wk, p0, r0, den, dd, dk, dv, T, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FZ: tl.constexpr, BFZ: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
     segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z = k W with the fused
-    map), from den, dd of the dq kernel."""
+    map, or with FZ > 0 from the key features as the dq kernel does), from den, dd of the dq kernel."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bq, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (see the module docstring)
@@ -295,6 +302,8 @@ def linear_attn_bwd_dkv_kernel(
         store_rows(dv, b_dv, o_t, m_t, V, BV)
         if HEDGEHOG:  # d(k W) [BT, BF / 2] from d(k W2) [BT, BF]
             store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF), BT, BF), o_t, m_t, GW, BF // 2)
+        elif FZ > 0:  # d(k W) [BT, FZ] from dphi and phi (the staged Hedgehog op); b_fk as loaded (fp32)
+            store_rows(dk, phi_halves_dz(b_dfk, b_fk, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
         else:
             store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)
@@ -368,15 +377,22 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
     return o, (den, s0, z0, cps)
 
 
-def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
+def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32, phi_half=0):
     """Launch the backward (dq scan, reverse segment states, dk/dv scan) from the forward's output y and
     ``saved`` = (den, s0, z0, cps) (:func:`linear_attn_fwd`): dd = -dn . y with dn = do / den (the gradient
     of the normaliser, as FlashAttention takes rowsum(dO * O) from its output), so no kernel recomputes
-    the forward. Returns (dq, dk, dv, dwq, dwk); dwq, dwk are None when unfused."""
+    the forward. Returns (dq, dk, dv, dwq, dwk); dwq, dwk are None when unfused.
+
+    ``phi_half`` = f > 0 (unfused only; features q, k = phi [B, H, T, 2f] in SPEC order, one key head per
+    query head): dq, dk are instead the gradients of the maps' projections z = x W [B, H, T, f], taken in the
+    kernels from the features themselves (the staged Hedgehog op; ``_tl_helpers.phi_halves_dz``)."""
     B, H, T, K = q.shape
     sz = _sizes(q, v, wq, chunk_size)
     hedgehog = wq is not None
     GK, GV = H // k.shape[1], H // v.shape[1]
+    if phi_half and (hedgehog or GK > 1 or K != 2 * phi_half):
+        raise ValueError(f"phi_half={phi_half} needs unfused features phi [B, H, T, 2 phi_half] with one key head "
+                         f"per query head, got q {tuple(q.shape)}, k {tuple(k.shape)}, fused={hedgehog}")  # fmt: skip
     sargs = _state_args(q, wq, sz)
     den, s0, z0, cps = saved
     n_seg = s0.shape[1]
@@ -384,12 +400,12 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32):
     dd = q.new_empty(B, H, T, dtype=torch.float32)
     # dq / dk rows: dfq / dfk (GW = F), or with the fused map dz = d(x W) (GW = f), projected back below.
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
-    GW = sz["FH"] if hedgehog else K
+    GW = sz["FH"] if hedgehog else (phi_half or K)
     dq = q.new_empty(B, H, T, GW)
     dk = q.new_empty(B, H, T, GW, dtype=torch.float32 if (GK > 1 and not hedgehog) else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
     common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
-                  LOWP=_lowp(q, wq, sz), **sz)  # fmt: skip
+                  LOWP=_lowp(q, wq, sz), FZ=phi_half, BFZ=block(phi_half) if phi_half else 16, **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
     launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg, **common)
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments

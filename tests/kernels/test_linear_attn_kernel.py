@@ -231,10 +231,14 @@ def test_hedgehog_staged_matches_feature_map(case, dtype):
         check_close(name, a, b, ratio=10 * TOLERANCES[dtype]["ratio"], atol=1e-5)
 
 
-def test_hedgehog_staged_grouped_query_heads_and_frozen_maps():
+@pytest.mark.parametrize("dz_in_kernels", [True, False], ids=["dz-in-kernels", "map-backward-kernels"])
+def test_hedgehog_staged_grouped_query_heads_and_frozen_maps(monkeypatch, dz_in_kernels):
     """Staged with 4 query heads on 2 key heads and 1 value head (keys mapped in place, per query head), and
     with frozen maps (no weight gradients asked: the projections' GEMMs for dW are skipped, dq, dk, dv still
-    exact)."""
+    exact); both backward forms: dz taken in the linear kernels from phi, or the map's backward kernels."""
+    import lolcats_lab.kernels.hedgehog_linear as staged_module
+
+    monkeypatch.setattr(staged_module, "DZ_IN_KERNELS", dz_in_kernels)
     inputs, do, reference = gqa_hedgehog_case(B=2, H=4, KH=2, VH=1, T=70, K=12, f=6, D=10, seed=9)
 
     def staged(q, k, v, wq, wk):
@@ -250,6 +254,26 @@ def test_hedgehog_staged_grouped_query_heads_and_frozen_maps():
     assert leaves[3].grad is None and leaves[4].grad is None
     for name, a, b in zip(("dq", "dk", "dv"), g_ref, [x.grad for x in leaves[:3]]):
         check_close(name, a, b, ratio=1e-4, atol=1e-5)
+
+
+def test_hedgehog_staged_large_logits_and_padded_halves():
+    """The staged backward takes the softmaxes from phi itself: logits of +-30 (most of each half clamped at
+    1e-12, where the reference passes no gradient) and f = 5 (each half of phi padded: 2f = 10 of 16
+    columns) still give the reference's gradients; and the kernels' dz entry point refuses features that
+    are not one phi per query head."""
+    from lolcats_lab.kernels.linear_attn import linear_attn_bwd
+
+    inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=2, VH=2, T=50, K=8, f=5, D=6, seed=13)
+    inputs[3], inputs[4] = 10 * inputs[3], 10 * inputs[4]  # [H, K, f]: logits z = x W of tens
+    y_ref, g_ref = run_with_grads(reference, inputs, do)
+    assert (phi(inputs[0], inputs[3]) <= 1e-12).float().mean() > 0.3  # the clamp acts on many features
+    y, g_out = run_with_grads(lambda *x: triton_hedgehog_linear_attn(*x, fuse_map=False), inputs, do)
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
+        check_close(name, a, b, ratio=1e-4, atol=1e-5)
+    fq = torch.rand(1, 2, 8, 10, device=DEVICE)
+    with pytest.raises(ValueError, match=r"^phi_half=5 needs unfused features phi \[B, H, T, 2 phi_half\] with one key head"):
+        linear_attn_bwd(fq, fq[:, :1], fq, fq, fq, None, phi_half=5)
 
 
 def test_hedgehog_fuse_map_default_picks_by_length(monkeypatch):
