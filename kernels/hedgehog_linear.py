@@ -8,14 +8,14 @@ k_rep = k repeated to the query heads. Reference: ``lolcats_lab.feature_maps.hed
 This is the "staged" form of ``linear_attn.hedgehog_linear_attn``: phi(q), phi(k) [B, H, T, 2f] are written
 once in q's dtype by ``hedgehog_map.map_forward`` and read by the unfused linear kernels, instead of being
 recomputed in registers by every fused kernel (forward, dq, dk/dv and both segment-state passes: eight maps
-of a [BT, K] tile per chunk, against four here: q and k, forward and backward). On an H200 at 16k tokens
+of a [BT, K] tile per chunk, against two here: q and k, once; the backward takes the softmaxes from phi). On an H200 at 16k tokens
 (bf16, batch 1, 32 heads, K = D = 128, f = 64) that is 4.06 against 4.98 ms of kernels per forward+backward
-(results/NVIDIA_H200-2026-12-01-hedgehog-staged-profile-session11.json). The cost is memory: the two
-feature tensors are kept for the backward (peak at 64k tokens 2.9 GiB against the fused op's 0.9 GiB and
-fla's 7.5). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
+(results/NVIDIA_H200-2026-12-01-hedgehog-staged-profile-session11.json, with the map backward kernels). The
+cost is memory: the two feature tensors are kept for the backward (peak at 64k tokens 2.1 GiB against the
+fused op's 0.9 GiB and fla's 7.5; results/NVIDIA_H200-2026-12-01-staged-quick-session11.json). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
 
 Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves, from
-phi, which they read anyway (``DZ_IN_KERNELS``; ``_tl_helpers.phi_halves_dz``): they write dz = d(x W)
+phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features; ``_tl_helpers.phi_halves_dz``): they write dz = d(x W)
 [B, H, T, f] per query head instead of dphi [B, H, T, 2f], and no map backward kernel runs. The softmax
 values are then phi as stored (bf16 for bf16 inputs, where the map's backward kernel recomputes them in
 fp32 from x). ``project_back`` takes dx = dz W^T (summed over each key head's query heads) and dW = x^T dz
@@ -27,10 +27,17 @@ from __future__ import annotations
 
 import torch
 
+from ._utils import block
 from .hedgehog_map import map_backward, map_forward, project_back
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
 
-DZ_IN_KERNELS = True  # dz from phi in the linear backward kernels; False: dphi, then the map backward kernels
+# dz from phi in the linear backward kernels (f <= 64); False: dphi, then the map backward kernels. On an H200
+# (session 11, results/NVIDIA_H200-2026-12-01-staged-quick-session11.json beside ...-hedgehog-staged-session11.json,
+# bf16, batch 1, 32 heads, K = D = 128, f = 64): within 2% from 8k on (16k 4.43 against 4.35 ms, across two
+# calls) and two launches fewer below. At f = 128 (F = 256) the dq kernel with the fold dot needs 272 KB of
+# shared memory (the H200 allows 227 KB), so wider maps keep the map backward kernels.
+DZ_IN_KERNELS = True
+_DZ_MAX_FEATURES = 128  # phi's padded width up to which the kernels take dz
 
 
 class HedgehogLinearStagedFunction(torch.autograd.Function):
@@ -53,7 +60,7 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
         q, k, v, wq, wk, fq, fk, y, den, s0, z0 = ctx.saved_tensors
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
         saved = (den, s0, z0, ctx.cps)
-        if DZ_IN_KERNELS:  # dz_q, dz_k [B, H, T, f] straight from the kernels
+        if DZ_IN_KERNELS and block(fq.shape[-1]) <= _DZ_MAX_FEATURES:  # dz_q, dz_k [B, H, T, f] from the kernels
             dzq, dzk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), saved, chunk_size=ctx.chunk_size,
                                                  phi_half=wq.shape[-1])  # fmt: skip
             dq, dwq = project_back(dzq, q, wq, need_dx=need_q, need_dw=need_wq)

@@ -492,10 +492,15 @@ def linear_attn(
 
 
 # Below this many tokens hedgehog_linear_attn(fuse_map=None) runs the fused kernels, from here on the staged
-# op (hedgehog_linear.py: the map kernel writes phi once, the unfused kernels read it). Measured on an H200
-# (bf16, batch 1, 32 heads, K = D = 128, f = 64; results/NVIDIA_H200-2026-12-01-hedgehog-staged-session11.json),
-# forward+backward fused / staged: 4k 1.77 / 1.87 ms (both waiting on the host), 8k 2.54 / 2.23, 16k 4.99 / 4.35.
-FUSE_MAP_BELOW = 8192
+# op (hedgehog_linear.py: the map kernel writes phi once, the unfused kernels read it). Measured on an H200,
+# bf16, batch 1, 32 heads, K = D = 128, f = 64, forward+backward fused / staged in one call: with the map's
+# backward as its own kernels (results/NVIDIA_H200-2026-12-01-hedgehog-staged-session11.json) 1k 1.41 / 2.03
+# ms, 4k 1.77 / 1.87 (both waiting on the host), 8k 2.54 / 2.23, 16k 4.99 / 4.35, hence 8192 at first; with dz
+# taken in the linear kernels (hedgehog_linear.DZ_IN_KERNELS, two launches fewer;
+# ...-staged-quick-session11.json) 1k 1.27 / 1.04, 4k 1.44 / 1.19, 8k 2.53 / 2.26, 16k 5.00 / 4.43, 64k
+# 17.47 / 16.73: staged at every length. The fused kernels stay on request (fuse_map=True: 0.9 against
+# 2.1 GiB at 64k).
+FUSE_MAP_BELOW = 0
 
 
 def hedgehog_linear_attn(
@@ -511,9 +516,11 @@ def hedgehog_linear_attn(
         at head dim <= 128 in bf16; the fused backward would exceed an H100's shared memory beyond).
       - staged (``fuse_map=False``, ``hedgehog_linear.py``): the map kernel writes phi(q), phi(k) once in q's
         dtype and the unfused kernels read them; they are kept for the backward (2 x [B, H, T, 2f] more
-        memory). Faster from FUSE_MAP_BELOW tokens on (the fused kernels compute a map eight times per chunk,
-        the staged op four), and it takes maps up to f = 128. Larger maps (f or K > 128) compute phi in PyTorch.
-    ``fuse_map=None`` (default) picks fused below FUSE_MAP_BELOW tokens when the map fits, staged otherwise.
+        memory). Faster on an H200 at every length measured, 1k-64k (the fused kernels compute a map eight
+        times per chunk, the staged op two), and it takes maps up to f = 128. Larger maps (f or K > 128)
+        compute phi in PyTorch.
+    ``fuse_map=None`` (default) picks fused below FUSE_MAP_BELOW tokens (0: never, as measured) when the map
+    fits, staged otherwise.
 
     Args:
         q: [B, H, T, K], k: [B, KH, T, K] raw queries and keys (after RoPE); v: [B, VH, T, D]; KH and VH

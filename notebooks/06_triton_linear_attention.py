@@ -193,9 +193,12 @@ tuple(round(r, 2) for r in vs_fla.values()), tuple(round(r, 2) for r in hybrid_v
 # and the linear kernels read it. Per the profiler at 16k tokens that is 4.06 against 4.98 ms of kernels: the
 # maps are computed four times per chunk (q and k, forward and backward) instead of eight, and the extra
 # traffic (writing and reading phi) is small next to that. The price is memory: the two feature tensors are kept for the backward.
-# `triton_hedgehog_linear_attn` now picks by length (`fuse_map=None`: fused below 8k tokens, where both
-# wait on the host and the fused op has fewer launches; staged from there on). Below, both forms and the
-# linear kernel on precomputed features, each as a fraction of fla's time in the same run.
+# In the run plotted below the staged op still ran the map's backward as its own kernels, and below 8k
+# tokens (where both forms wait on the host) it lost to the fused op. A last run let the linear backward
+# kernels take the gradient through the softmaxes from phi themselves (two launches fewer): staged was then
+# the faster at every length measured, 1k-64k, and `triton_hedgehog_linear_attn` runs it by default
+# (`fuse_map=None`; `fuse_map=True` still runs the fused kernels). Below, both forms and the linear kernel
+# on precomputed features, each as a fraction of fla's time in the same run.
 
 # %%
 import plotly.graph_objects as go
@@ -383,6 +386,6 @@ subprocess.run([sys.executable, "../benchmarks/bench_attention.py"], check=True)
 #   the benchmark's own check).
 # * Measured speed: linear scaling, several times faster than FlashAttention from 8k on and, with the
 #   Hedgehog map fused, within a few percent of flash-linear-attention (faster at some lengths, slower at
-#   others, and which depends on the GPU); with the map staged (written once), 0.86-0.89x fla's time from
-#   16k on an H200; not below 8k (launch overhead). The hybrid was 1.5-1.7x the
+#   others, and which depends on the GPU); with the map staged (written once), 0.87-0.91x fla's time from
+#   8k on an H200; not below 8k (launch overhead). The hybrid was 1.5-1.7x the
 #   linear kernel on the H100 above; with its split backward it is now faster than it on an H200.

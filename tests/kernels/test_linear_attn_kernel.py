@@ -184,7 +184,7 @@ def test_hedgehog_fused_matches_feature_map(case, dtype):
         return naive_linear_attn(fq, fk, v)
 
     y_ref, g_ref = run_with_grads(reference, [x.float() for x in (q, k, v, wq, wk)], do.float())
-    y, g_out = run_with_grads(triton_hedgehog_linear_attn, [q, k, v, wq, wk], do)
+    y, g_out = run_with_grads(lambda *x: triton_hedgehog_linear_attn(*x, fuse_map=True), [q, k, v, wq, wk], do)
     compare("y", y_ref, y, dtype)
     for name, a, b in zip(("dq", "dk", "dv"), g_ref, g_out):
         compare(name, a, b, dtype)
@@ -206,7 +206,7 @@ def test_hedgehog_fused_grouped_query_heads():
         return naive_linear_attn(phi(q, wq), phi(k.repeat_interleave(2, 1), wk), v.repeat_interleave(2, 1))
 
     y_ref, g_ref = run_with_grads(reference, inputs, do.to(DEVICE))
-    y, g_out = run_with_grads(triton_hedgehog_linear_attn, inputs, do.to(DEVICE))
+    y, g_out = run_with_grads(lambda *x: triton_hedgehog_linear_attn(*x, fuse_map=True), inputs, do.to(DEVICE))
     compare("y", y_ref, y, torch.float32)
     for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
         check_close(name, a, b, ratio=1e-4, atol=1e-5)
@@ -277,16 +277,20 @@ def test_hedgehog_staged_large_logits_and_padded_halves():
 
 
 def test_hedgehog_fuse_map_default_picks_by_length(monkeypatch):
-    """fuse_map=None: fused below FUSE_MAP_BELOW tokens, staged from there on, and staged for maps the fused
-    kernels cannot take at any length; fuse_map=True on such a map, or a non-bool, is refused."""
+    """fuse_map=None: staged as shipped (FUSE_MAP_BELOW = 0); with a threshold, fused below it and staged from
+    there on; staged for maps the fused kernels cannot take at any length; fuse_map=True on such a map, or
+    a non-bool, is refused."""
     import lolcats_lab.kernels.hedgehog_linear as staged_module
 
     calls = []
     staged_op = staged_module.staged_hedgehog_linear_attn
     monkeypatch.setattr(staged_module, "staged_hedgehog_linear_attn", lambda *a, **kw: calls.append(a[0].shape[2]) or staged_op(*a, **kw))
-    monkeypatch.setattr(linear_attn_module, "FUSE_MAP_BELOW", 64)
     inputs, _, reference = gqa_hedgehog_case(B=1, H=2, KH=1, VH=1, T=65, K=12, f=6, D=10, seed=3)
     q, k, v, wq, wk = inputs
+    triton_hedgehog_linear_attn(q[:, :, :20], k[:, :, :20], v[:, :, :20], wq, wk)
+    assert linear_attn_module.FUSE_MAP_BELOW == 0 and calls == [20]
+    calls.clear()
+    monkeypatch.setattr(linear_attn_module, "FUSE_MAP_BELOW", 64)
     for T in (63, 64, 65):
         check_close(f"y T={T}", reference(q[:, :, :T], k[:, :, :T], v[:, :, :T], wq, wk),
                     triton_hedgehog_linear_attn(q[:, :, :T], k[:, :, :T], v[:, :, :T], wq, wk), ratio=1e-4, atol=1e-5)  # fmt: skip
@@ -304,9 +308,9 @@ def test_hedgehog_fuse_map_default_picks_by_length(monkeypatch):
 
 
 def test_hedgehog_large_map_takes_the_map_kernel_or_pytorch():
-    """f = 80 (2f padded to 256, past what the fused backward fits in shared memory) with grouped-query keys:
-    the staged op (map kernel + unfused kernel); f = 130 (past the map kernel's 128): phi in PyTorch + the
-    unfused kernel. Both equal the reference with every gradient, weights included."""
+    """f = 80 (2f padded to 256: past 128 features, so the staged backward keeps the map backward kernels) with
+    grouped-query keys: the staged op; f = 130 (past the map kernel's 128): phi in PyTorch + the unfused
+    kernel. Both equal the reference with every gradient, weights included."""
     from lolcats_lab.kernels.linear_attn import fused_hedgehog_fits
 
     assert fused_hedgehog_fits(128, 64) and not fused_hedgehog_fits(128, 80) and not fused_hedgehog_fits(256, 32)
@@ -328,8 +332,9 @@ def test_hedgehog_fused_negative_control():
     H, K, f = 2, 12, 6
     q, k, v = (torch.randn(1, H, 65, K, device=DEVICE) for _ in range(3))
     wq, wk = torch.randn(H, K, f, device=DEVICE), torch.randn(H, K, f, device=DEVICE)
-    y = triton_hedgehog_linear_attn(q, k, v, wq, wk)
-    assert rel_rms(triton_hedgehog_linear_attn(q, k, v, wk, wq), y) > 1e-2
+    for fuse_map in (True, False):
+        y = triton_hedgehog_linear_attn(q, k, v, wq, wk, fuse_map=fuse_map)
+        assert rel_rms(triton_hedgehog_linear_attn(q, k, v, wk, wq, fuse_map=fuse_map), y) > 1e-2
 
 
 @pytest.mark.parametrize("segment_chunks", ci_subset([1, 2, 3, 10, None], keep=(0, 3, 4)))  # ~15 s each in CI
@@ -341,7 +346,7 @@ def test_segments_match_naive(segment_chunks):
     inputs, do, reference = gqa_hedgehog_case(B=2, H=4, KH=2, VH=1, T=150, K=12, f=6, D=10, seed=5)
 
     def fused(q, k, v, wq, wk):
-        return triton_hedgehog_linear_attn(q, k, v, wq, wk, chunk_size=16, segment_chunks=segment_chunks)
+        return triton_hedgehog_linear_attn(q, k, v, wq, wk, chunk_size=16, segment_chunks=segment_chunks, fuse_map=True)
 
     y_ref, g_ref = run_with_grads(reference, inputs, do)
     y, g_out = run_with_grads(fused, inputs, do)
@@ -445,7 +450,7 @@ def test_gpu_hedgehog_fused_large(dtype):
         return naive_linear_attn(phi(q, wq), phi(k, wk), v)
 
     y_ref, g_ref = run_with_grads(reference, [x.float() for x in (q, k, v, wq, wk)], do.float())
-    y, g_out = run_with_grads(triton_hedgehog_linear_attn, [q, k, v, wq, wk], do)
+    y, g_out = run_with_grads(lambda *x: triton_hedgehog_linear_attn(*x, fuse_map=True), [q, k, v, wq, wk], do)
     assert rel_rms(y_ref, y.float()) < 5e-3
     for a, b in zip(g_ref, g_out):
         assert rel_rms(a, b.float()) < 1e-2
