@@ -9,7 +9,9 @@ Reference: ``lolcats_lab.attention.linear.naive_linear_attn`` (causal, no key ma
 Shapes at the public boundary, layout [B, H, T, *] (keys may have KH and values VH heads, dividing H:
 grouped-query heads are read in place, query head h using key/value head h // (H / KH), as HF's repeat_kv):
     unfused  (:func:`linear_attn`):           fq, fk [B, H, T, F] (non-negative), v [B, H, T, D]
-    fused    (:func:`hedgehog_linear_attn`):  q, k [B, H, T, K], v [B, H, T, D], wq, wk [H, K, f]
+    fused    (:func:`hedgehog_linear_attn`, fuse_map=True; its default runs the staged form of
+             hedgehog_linear.py instead, the map kernel then the unfused kernels):
+             q, k [B, H, T, K], v [B, H, T, D], wq, wk [H, K, f]
              phi(x) = clamp(concat(softmax(x W_h), softmax(-x W_h)), min=1e-12) over the f features
              (SPEC.md "Hedgehog feature map"; F = 2f), computed in registers from the q/k tiles, so the
              features never reach global memory. Inside the kernels the two halves are interleaved
