@@ -13,8 +13,8 @@ launch overhead). Results go to ``benchmarks/results/<device>-<date>.json`` (or 
 Providers (forward "fwd" and forward+backward "fwd+bwd", bf16, batch 1, 32 heads, head dim 128):
     sdpa              torch scaled_dot_product_attention, causal (FlashAttention backend on H100)
     triton_linear     lolcats_lab.kernels linear attention on precomputed features (F = 128)
-    triton_hedgehog   the Hedgehog op (f = 64 -> F = 128; and f = 128 -> F = 256) as a user calls it (fuse_map by
-                      length); _fused_f64: the map fused into every kernel (phi in registers); _staged_f64: the map
+    triton_hedgehog   the Hedgehog op (f = 64 -> F = 128; and f = 128 -> F = 256) as a user calls it (fuse_map=None:
+                      staged); _fused_f64: the map fused into every kernel (phi in registers); _staged_f64: the map
                       kernel writes phi once, then the unfused kernels, one op; _two_op_f64: the map op then the
                       linear op, as a converted linear layer composes them
     fla_chunk         fla.ops.linear_attn.chunk_linear_attn on precomputed features (if fla is installed)

@@ -8,19 +8,22 @@ k_rep = k repeated to the query heads. Reference: ``lolcats_lab.feature_maps.hed
 This is the "staged" form of ``linear_attn.hedgehog_linear_attn``: phi(q), phi(k) [B, H, T, 2f] are written
 once in q's dtype by ``hedgehog_map.map_forward`` and read by the unfused linear kernels, instead of being
 recomputed in registers by every fused kernel (forward, dq, dk/dv and both segment-state passes: eight maps
-of a [BT, K] tile per chunk, against two here: q and k, once; the backward takes the softmaxes from phi). On an H200 at 16k tokens
-(bf16, batch 1, 32 heads, K = D = 128, f = 64) that is 4.06 against 4.98 ms of kernels per forward+backward
-(results/NVIDIA_H200-2026-12-01-hedgehog-staged-profile-session11.json, with the map backward kernels). The
-cost is memory: the two feature tensors are kept for the backward (peak at 64k tokens 2.1 GiB against the
-fused op's 0.9 GiB and fla's 7.5; results/NVIDIA_H200-2026-12-01-staged-quick-session11.json). Grouped-query keys are read in place: query head h maps key head h // (H / KH).
+of a [BT, K] tile per chunk, against two here: q and k, once; the backward takes the softmaxes from phi).
+On an H200 at 16k tokens (bf16, batch 1, 32 heads, K = D = 128, f = 64) that is 4.06 against 4.98 ms of
+kernels per forward+backward (results/NVIDIA_H200-2026-12-01-hedgehog-staged-profile-session11.json, with
+the map backward kernels). The cost is memory: the two feature tensors are kept for the backward (peak at
+64k tokens 2.1 GiB against the fused op's 0.9 GiB and fla's 7.5;
+results/NVIDIA_H200-2026-12-01-staged-quick-session11.json). Grouped-query keys are read in place: query
+head h maps key head h // (H / KH).
 
-Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves, from
-phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features; ``_tl_helpers.phi_halves_dz``): they write dz = d(x W)
-[B, H, T, f] per query head instead of dphi [B, H, T, 2f], and no map backward kernel runs. The softmax
-values are then phi as stored (bf16 for bf16 inputs, where the map's backward kernel recomputes them in
-fp32 from x). ``project_back`` takes dx = dz W^T (summed over each key head's query heads) and dW = x^T dz
-as GEMMs, only for the inputs that need a gradient. With ``DZ_IN_KERNELS = False`` the linear backward
-writes dphi and each map's backward kernel turns it into dz (the form measured in session 11's first calls).
+Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves,
+from phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features;
+``_tl_helpers.phi_halves_dz``): they write dz = d(x W) [B, H, T, f] per query head instead of dphi
+[B, H, T, 2f], and no map backward kernel runs. The softmax values are then phi as stored (bf16 for bf16
+inputs, where the map's backward kernel recomputes them in fp32 from x). ``project_back`` takes dx = dz W^T
+(summed over each key head's query heads) and dW = x^T dz as GEMMs, only for the inputs that need a
+gradient. Otherwise (``DZ_IN_KERNELS = False``, or wider maps) the linear backward writes dphi and each
+map's backward kernel turns it into dz (the form measured in session 11's first calls).
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ _DZ_MAX_FEATURES = 128  # phi's padded width up to which the kernels take dz
 
 
 class HedgehogLinearStagedFunction(torch.autograd.Function):
-    """Forward: both maps (map kernel), then the linear forward. Backward: the linear backward, then each
-    map's backward kernel and its projection GEMMs. Saves q, k, v, wq, wk, fq, fk, y and the linear
-    forward's normaliser and segment start states."""
+    """Forward: both maps (map kernel), then the linear forward. Backward: the linear backward (dz, or dphi and
+    then each map's backward kernel), then the projections' GEMMs. Saves q, k, v, wq, wk, fq, fk, y and the
+    linear forward's normaliser and segment start states."""
 
     @staticmethod
     def forward(ctx, q, k, v, wq, wk, eps, chunk_size, segment_chunks):
@@ -59,24 +62,22 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, wq, wk, fq, fk, y, den, s0, z0 = ctx.saved_tensors
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
-        saved = (den, s0, z0, ctx.cps)
-        if DZ_IN_KERNELS and block(fq.shape[-1]) <= _DZ_MAX_FEATURES:  # dz_q, dz_k [B, H, T, f] from the kernels
-            dzq, dzk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), saved, chunk_size=ctx.chunk_size,
-                                                 phi_half=wq.shape[-1])  # fmt: skip
-            dq, dwq = project_back(dzq, q, wq, need_dx=need_q, need_dw=need_wq)
-            dk, dwk = project_back(dzk, k, wk, need_dx=need_k, need_dw=need_wk)
-            return dq, dk, dv, dwq, dwk, None, None, None
-        dfq, dfk, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), saved, chunk_size=ctx.chunk_size)
-        dq, dwq = _map_grad(q, wq, dfq, need_q, need_wq)
-        dk, dwk = _map_grad(k, wk, dfk, need_k, need_wk)
+        dz_in_kernels = DZ_IN_KERNELS and block(fq.shape[-1]) <= _DZ_MAX_FEATURES
+        # rows of dz [B, H, T, f] from the kernels, or of dphi [B, H, T, 2f] for the map backward kernels
+        dq_rows, dk_rows, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
+                                                     chunk_size=ctx.chunk_size,
+                                                     phi_half=wq.shape[-1] if dz_in_kernels else 0)  # fmt: skip
+        dq, dwq = _map_grad(q, wq, dq_rows, dz_in_kernels, need_q, need_wq)
+        dk, dwk = _map_grad(k, wk, dk_rows, dz_in_kernels, need_k, need_wk)
         return dq, dk, dv, dwq, dwk, None, None, None
 
 
-def _map_grad(x, w, dphi, need_x: bool, need_w: bool):
-    """(dx, dw) of one map from the features' gradient dphi [B, H, T, 2f]; None for what is not needed."""
+def _map_grad(x, w, rows, rows_are_dz: bool, need_x: bool, need_w: bool):
+    """(dx, dw) of one map from dz [B, H, T, f] or, when not ``rows_are_dz``, from the features' gradient
+    dphi [B, H, T, 2f] through the map's backward kernel; None for what is not needed."""
     if not (need_x or need_w):
         return None, None
-    dz = map_backward(x, w, dphi)  # [B, H, T, f] in x's dtype
+    dz = rows if rows_are_dz else map_backward(x, w, rows)  # [B, H, T, f] in x's dtype
     return project_back(dz, x, w, need_dx=need_x, need_dw=need_w)
 
 

@@ -88,7 +88,7 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .hedgehog_map import project_back
+from .hedgehog_map import hedgehog_map_fits, project_back
 from .segments import bounds_tensor, plan_segments, segment_states
 
 LINEAR_EPS = 1e-12
@@ -552,8 +552,6 @@ def hedgehog_linear_attn(
             q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), eps, chunk_size,
             segment_chunks,
         )  # fmt: skip
-    from .hedgehog_map import hedgehog_map_fits
-
     if hedgehog_map_fits(K, wq.shape[-1]):
         from .hedgehog_linear import staged_hedgehog_linear_attn
 
