@@ -5,8 +5,9 @@ The three linear-attention kernels (forward, dq, dk/dv) autotune over kernels/li
 kernels with 8 warps and 131-164 KB of shared memory, one program per SM, where the linear op on
 precomputed features runs its forward and dq kernels with 4 warps and 49 KB, two per SM. This pins each
 config in turn (every one of the three kernels gets only that candidate) and times bench_attention.py's
-``triton_hedgehog_fused_f64`` (the fused form, fuse_map=True; batch 1, 32 heads, head dim 128, f = 64, bf16, map gradients included), then
-``fla_chunk`` once per length in the same process, so ratios are within one run.
+``triton_hedgehog_fused_f64`` (the fused form, fuse_map=True; batch 1, 32 heads, head dim 128, f = 64, bf16,
+map gradients included), then ``fla_chunk`` once per length in the same process, so ratios are within one
+run.
 
     python benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 --out results/<device>-hedgehog-configs.json
 """
