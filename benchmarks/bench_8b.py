@@ -539,6 +539,14 @@ def measure_generation(ctx, mode: str, B: int, P: int, chunk: int | None) -> dic
     set_attention_mode(model, mode)
     model.eval()
     ids = ctx.ids(B, P)
+    # an untimed prefill of a short prompt first: the Triton kernels compile and autotune on their first call
+    # (seconds; before session 12 that landed in the first linear row: 32k, 21.9 s against softmax's 12.0)
+    warm_tokens = min(P, a.gen_prefill_warmup)
+    t0 = time.perf_counter()
+    if warm_tokens:
+        _prefill(ctx, ids[:, :warm_tokens], None)  # its cache is dropped here
+        ctx.sync()
+    warm_s = time.perf_counter() - t0
     ctx.free()
     base = ctx.allocated()
     ctx.reset_peak()
@@ -562,6 +570,7 @@ def measure_generation(ctx, mode: str, B: int, P: int, chunk: int | None) -> dic
     row = dict(
         mode=mode, batch=B, prompt=P, prefill=("one pass" if not chunk else f"chunks of {chunk} tokens"),
         prefill_s=round(prefill_s, 3), prefill_tokens_per_s=round(B * P / prefill_s),
+        prefill_warmup_tokens=warm_tokens, prefill_warmup_s=round(warm_s, 3),
         decode_steps=len(timed), decode_ms_per_step=round(med(timed) * 1e3, 2),
         decode_tokens_per_s=round(B * len(timed) / sum(timed), 1),
         prefill_peak_gib=gib(prefill_peak), decode_peak_gib=gib(decode_peak),
@@ -590,8 +599,8 @@ def measure_generation(ctx, mode: str, B: int, P: int, chunk: int | None) -> dic
 
 def section_generation(ctx) -> dict:
     a = ctx.args
-    out = dict(what="prefill (logits of the last token only), then greedy decode steps with the cache, same loop for "
-                    "both models; linear: LinearizedCacheLayer (recurrent state + window), softmax: DynamicCache",
+    out = dict(what="prefill (logits of the last token only; after an untimed prefill of prefill_warmup_tokens at the "
+                    "same batch), then greedy decode steps with the cache, same loop for both models; linear: LinearizedCacheLayer (recurrent state + window), softmax: DynamicCache",
                graph_what="per row 'graph': after the eager steps, one greedy step of the whole model captured in a "
                           "CUDA graph and replayed (linear: the same cache, Triton ring steps; softmax: the KV cache "
                           "moved into a transformers StaticCache, timed with transformers' sdpa (hf_sdpa) and with "
@@ -715,6 +724,10 @@ def parse_args(argv):
     ap.add_argument("--gen-prompts", type=ints, default=None, help="section d prompt lengths (default 32768,8192,2048)")
     ap.add_argument("--gen-steps", type=int, default=None, help="section d timed decode steps (default 32)")
     ap.add_argument("--gen-warmup", type=int, default=2, help="section d untimed decode steps first")
+    ap.add_argument("--gen-prefill-warmup", type=int, default=None,
+                    help="section d: tokens of an untimed prefill before each timed one, same batch (compiles and "
+                         "autotunes the kernels; default 1024, --tiny 16; 0: none, the first row then includes "
+                         "compilation)")
     ap.add_argument("--no-gen-graph", action="store_true",
                     help="section d: skip the CUDA-graph harness (one decode step captured and replayed after the "
                          "eager steps; always skipped on CPU)")
@@ -725,6 +738,7 @@ def parse_args(argv):
     tiny = a.tiny
     defaults = dict(layers=(2, 4), seq=(64, 1024), teacher_batches=([1, 2], [1, 4]), stage1_batch_sizes=([1, 2], [4, 8, 16, 32]),
                     lora_batch=(2, 4), gen_batch=(2, 8), gen_prompts=([128], [32768, 8192, 2048]), gen_steps=(4, 32),
+                    gen_prefill_warmup=(16, 1024),
                     warmup=(1, 2), reps=(2, 5))  # fmt: skip
     for name, (small, full) in defaults.items():
         if getattr(a, name) is None:

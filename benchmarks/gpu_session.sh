@@ -37,6 +37,10 @@
 #   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
 #   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
+#   graphed   graphed_vs_eager.py at 1k / 4k / 8k: each op's forward+backward eager, replayed from a CUDA graph, and
+#             its host time alone, beside SDPA and fla (how much of the time below 8k is the host)
+#   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
+#             PyTorch forms; linear layers take the staged Hedgehog op)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
 #             the 2-GPU kind), layer-sharded and data parallel, and the throughput ratios from the timing.json
 #             files (issue 8: >= 1.8x)
@@ -170,6 +174,11 @@ for step in "$@"; do
             run 180 ncu-decode "$NCU" --clock-control none --profile-from-start off --kernel-name regex:"decode" \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                 --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py --decode ;;
+        graphed)
+            run 360 graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 8192 --out "$OUT/graphed.json" ;;
+        tests-models)
+            run 240 tests-models python3 -m pytest -m gpu tests/models/test_models_gpu.py \
+                tests/models/test_triton_decode_cache.py --timeout 120 -p no:cacheprovider -rA -q ;;
         8b-gen)
             run 330 8b-gen python3 benchmarks/bench_8b.py --sections d --gen-prompts 32768,2048 --budget-s 300 \
                 --out "$OUT/8b-gen.json" ;;

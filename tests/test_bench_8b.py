@@ -65,6 +65,7 @@ def test_bench_8b_tiny_runs_every_section(tmp_path, monkeypatch):
     for r in gen.values():
         assert r["decode_tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["cache_seq_length"] == 128 + 1 + 2
         assert r["cache_tensors_gib_at_end"] > 0
+        assert r["prefill_warmup_tokens"] == 16 and r["prefill_warmup_s"] > 0  # the untimed prefill ran first
     assert on_disk["targets"]["generation"]["speedups"].keys() == {"speedup_128"}
     assert not on_disk["skipped"]
 

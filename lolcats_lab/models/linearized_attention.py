@@ -241,12 +241,16 @@ class LinearizedAttention(nn.Module):
         return self.impl == "auto" and triton_supported(x, causal=True, key_mask=None)
 
     def _uses_fused_kernel(self, q: torch.Tensor, key_mask) -> bool:
-        """Whether this call runs the one-op Triton kernel for both Hedgehog maps and the hybrid
-        (``lolcats_lab.kernels.hedgehog_hybrid``): a hybrid form whose maps run their Triton kernel, the
-        Triton hybrid chosen for these inputs (as ``hybrid_attn`` dispatches: impl "triton" on CUDA, or
-        "auto" for causal fp16/bf16 CUDA inputs), and no padding (padded rows are reordered first)."""
-        if self.window == 0 or key_mask is not None or not self.causal or self.feature_map_name != "hedgehog":
+        """Whether this call runs one Triton autograd op for both Hedgehog maps and the attention: the hybrid
+        forms through ``lolcats_lab.kernels.hedgehog_hybrid``, pure linear attention (no sinks) through the
+        staged Hedgehog linear op (``lolcats_lab.kernels.hedgehog_linear``). Taken when both maps run their
+        Triton kernel, the Triton attention is chosen for these inputs (as ``hybrid_attn`` / ``linear_attn``
+        dispatch: impl "triton" on CUDA, or "auto" for causal fp16/bf16 CUDA inputs) and there is no padding
+        (padded rows are reordered or masked first)."""
+        if key_mask is not None or not self.causal or self.feature_map_name != "hedgehog":
             return False
+        if self.window == 0 and not (self.attention == "linear" and self.sink_tokens == 0):
+            return False  # window 0 with sinks: exact sink terms, the two-op path
         if not (q.is_cuda and self.q_map._use_triton(q) and self.k_map._use_triton(q)):
             return False
         return self.impl == "triton" or (
@@ -254,9 +258,16 @@ class LinearizedAttention(nn.Module):
             and auto_uses_triton(q, causal=True, key_mask=None, window=self.window, sink_tokens=self.sink_tokens)
         )
 
-    def _fused_hedgehog_hybrid(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """y [B, H, T, D] from the one-op kernel: equal to ``linearized(q, *features)``, with each map's
-        gradient added into the attention's dq / dk by the map's backward kernel (no separate adds)."""
+    def _fused_hedgehog(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """y [B, H, T, D] from one op for the maps and the attention (``_uses_fused_kernel``), equal to
+        ``linearized(q, *self._features(q, k, v))``. Hybrid: each map's backward kernel adds its gradient into
+        the attention's dq / dk (no separate adds). Linear: the map kernel writes phi once and the linear
+        backward kernels take the maps' gradient from it; grouped-query keys and values are read in place
+        (no repeat)."""
+        if self.window == 0:
+            from ..kernels import triton_hedgehog_linear_attn
+
+            return triton_hedgehog_linear_attn(q, k, v, self.q_map.weight, self.k_map.weight, fuse_map=False)
         from ..kernels import triton_hedgehog_hybrid_attn
 
         return triton_hedgehog_hybrid_attn(
@@ -269,7 +280,7 @@ class LinearizedAttention(nn.Module):
         if cache is None:
             key_mask = key_mask_from_attention_mask(attention_mask, T)
             if self._uses_fused_kernel(q, key_mask):
-                return self._fused_hedgehog_hybrid(q, k, v)
+                return self._fused_hedgehog(q, k, v)
             k, v, fq, fk = self._features(q, k, v)
             return self.linearized(q, k, v, fq, fk, key_mask)
         k, v, fq, fk = self._features(q, k, v)
@@ -328,7 +339,7 @@ class LinearizedAttention(nn.Module):
         T = q.shape[2]
         key_mask = key_mask_from_attention_mask(attention_mask, T)
         if self.capture_head is None and self._uses_fused_kernel(q, key_mask):
-            y_lin = self._fused_hedgehog_hybrid(q, k, v)  # [B, H, T, D]
+            y_lin = self._fused_hedgehog(q, k, v)  # [B, H, T, D]
         else:
             k_r, v_r, fq, fk = self._features(q, k, v)
             y_lin = self.linearized(q, k_r, v_r, fq, fk, key_mask)  # [B, H, T, D]

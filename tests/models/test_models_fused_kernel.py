@@ -1,7 +1,8 @@
-"""The converted model's one-op Hedgehog + hybrid path (kernels/hedgehog_hybrid.py) against its usual path.
+"""The converted model's one-op Hedgehog paths against its usual path (two ops: the maps, then the attention).
 
-On a GPU ``LinearizedAttention`` sends bf16/fp16 hybrid layers with Triton Hedgehog maps through one
-autograd op (``_uses_fused_kernel``). Here, on CPU, that choice is forced and the op runs in Triton's
+On a GPU ``LinearizedAttention`` sends bf16/fp16 layers with Triton Hedgehog maps through one autograd op
+(``_uses_fused_kernel``): hybrid layers through kernels/hedgehog_hybrid.py, pure linear layers (no sinks)
+through the staged Hedgehog linear op (kernels/hedgehog_linear.py, keys and values read per key head). Here, on CPU, that choice is forced and the op runs in Triton's
 interpreter (fp32); the reference is the same model on the PyTorch chunked path. Compared: logits in
 linear mode, the gradients stage 2 trains through (q/k/v projections), and in transfer mode the MSE and
 the feature maps' gradients. A GQA model (4 query heads, 2 key/value heads) exercises the repeat.
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="forces the in
 TOL = dict(ratio=1e-4, atol=1e-5)  # fp32 through 2 layers (the interpreter's dots are exact fp32)
 
 
-def _pair(attention):
+def _pair(attention, sink_tokens=0):
     models = []
     for _ in range(2):
         model = tiny_model("llama")
-        linearize(model, attention=attention, window=8, feature_dim=8, impl="chunk")
+        linearize(model, attention=attention, window=8, feature_dim=8, impl="chunk", sink_tokens=sink_tokens)
         models.append(model)
     perturb_feature_maps(models[0])
     models[1].load_state_dict(models[0].state_dict())
@@ -38,21 +39,22 @@ def fused_calls(monkeypatch):
     """Force the one-op path for models whose maps run on Triton (the GPU rule minus q.is_cuda) and
     count its calls, so a test can tell which path ran."""
     calls = []
-    real = LinearizedAttention._fused_hedgehog_hybrid
+    real = LinearizedAttention._fused_hedgehog
 
     def uses_fused(self, q, key_mask):
-        return self.window > 0 and key_mask is None and self.q_map.impl == "triton"
+        one_op_form = self.window > 0 or (self.attention == "linear" and self.sink_tokens == 0)
+        return one_op_form and key_mask is None and self.q_map.impl == "triton"
 
     def counted(self, q, k, v):
         calls.append(self.layer_idx)
         return real(self, q, k, v)
 
     monkeypatch.setattr(LinearizedAttention, "_uses_fused_kernel", uses_fused)
-    monkeypatch.setattr(LinearizedAttention, "_fused_hedgehog_hybrid", counted)
+    monkeypatch.setattr(LinearizedAttention, "_fused_hedgehog", counted)
     return calls
 
 
-@pytest.mark.parametrize("attention", ["hybrid-tk", "hybrid-sw"])
+@pytest.mark.parametrize("attention", ["hybrid-tk", "hybrid-sw", "linear"])
 def test_linear_mode_logits_and_stage2_gradients(fused_calls, attention):
     ref, fused = _pair(attention)
     ids, _ = batch(B=2, T=40, left_pad=0)
@@ -70,8 +72,9 @@ def test_linear_mode_logits_and_stage2_gradients(fused_calls, attention):
         check_close(f"projection grad {i}", a, b, **TOL)
 
 
-def test_transfer_mode_mse_and_map_gradients(fused_calls):
-    ref, fused = _pair("hybrid-tk")
+@pytest.mark.parametrize("attention", ["hybrid-tk", "linear"])
+def test_transfer_mode_mse_and_map_gradients(fused_calls, attention):
+    ref, fused = _pair(attention)
     ids, _ = batch(B=2, T=40, left_pad=0)
     out = []
     for model in (ref, fused):
@@ -82,9 +85,12 @@ def test_transfer_mode_mse_and_map_gradients(fused_calls):
         mse = collect_transfer_mse(model)
         mse.sum().backward()
         layer = attention_modules(model)[1]
-        out.append((mse.detach(), layer.q_map.weight.grad, layer.k_map.weight.grad, layer.window_logit.grad))
+        out.append((mse.detach(), layer.q_map.weight.grad, layer.k_map.weight.grad))
+        if attention != "linear":  # gamma does not enter pure linear attention
+            out[-1] += (layer.window_logit.grad,)
     assert fused_calls == [0, 1]
     for name, a, b in zip(("mse", "d q_map", "d k_map", "d window_logit"), *out):
+        assert a is not None and b is not None, f"{name}: no gradient"
         check_close(name, a, b, **TOL)
 
 
@@ -105,3 +111,16 @@ def test_padding_and_capture_keep_the_usual_path(fused_calls):
     with torch.no_grad():
         fused(input_ids=ids[:1], use_cache=False)
     assert layer.captured_maps is not None and fused_calls == [1]
+
+
+def test_linear_with_sink_tokens_keeps_the_two_op_path(fused_calls):
+    """Pure linear attention with sinks runs the hybrid math (exact sink terms): not the staged linear op."""
+    ref, fused = _pair("linear", sink_tokens=2)
+    ids, _ = batch(B=2, T=24, left_pad=0)
+    for model in (ref, fused):
+        set_attention_mode(model, "linear")
+    with torch.no_grad():
+        a = ref(input_ids=ids, use_cache=False).logits
+        b = fused(input_ids=ids, use_cache=False).logits
+    assert fused_calls == [], "window 0 with sink tokens must not take the one-op path"
+    check_close("logits with sinks", a, b, **TOL)
