@@ -39,6 +39,7 @@
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   graphed   graphed_vs_eager.py at 1k / 4k / 8k: each op's forward+backward eager, replayed from a CUDA graph, and
 #             its host time alone, beside SDPA and fla (how much of the time below 8k is the host)
+#   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
 #             PyTorch forms; linear layers take the staged Hedgehog op)
 #   dist      stage 1 on an 8B-shaped random model, torchrun on 1 and then on every visible GPU (needs >= 2:
@@ -176,6 +177,9 @@ for step in "$@"; do
                 --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py --decode ;;
         graphed)
             run 360 graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 8192 --out "$OUT/graphed.json" ;;
+        tests-graph)
+            run 300 tests-graph python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py --timeout 120 \
+                -p no:cacheprovider -rA -q ;;
         tests-models)
             run 240 tests-models python3 -m pytest -m gpu tests/models/test_models_gpu.py \
                 tests/models/test_triton_decode_cache.py --timeout 120 -p no:cacheprovider -rA -q ;;
