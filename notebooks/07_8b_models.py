@@ -329,6 +329,30 @@ assert ratio_32k > 3 and max(linear_peaks) - min(linear_peaks) < 0.5 < max(softm
 round(ratio_32k, 1), round(max(linear_peaks), 1), round(max(softmax_peaks), 1)
 
 # %% [markdown]
+# Prefill, one forward over the whole prompt, gains too at long prompts: the linearized attention is
+# linear in the prompt's length, softmax quadratic, while the MLPs cost both models the same. Recorded on
+# an H200 (session 12, batch 8). Each timed prefill follows an untimed 1024-token one: the first call of
+# the Triton kernels compiles and autotunes them, seconds that an earlier run had counted in its first
+# linearized prefill.
+
+# %%
+GEN12 = pathlib.Path("..") / "benchmarks" / "results" / "NVIDIA_H200-8b-gen-2026-12-02-session12.json"
+runs12 = json.loads(GEN12.read_text())["sections"]["d"]["runs"]
+prefill_s = {(r["mode"], r["prompt"]): r["prefill_s"] for r in runs12}
+prompts = sorted({p for _, p in prefill_s})
+fig = go.Figure([go.Bar(name=mode, x=[f"{p // 1024}k prompt" for p in prompts], y=[prefill_s[mode, p] for p in prompts])
+                 for mode in ("softmax", "linear")])  # fmt: skip
+fig.update_layout(barmode="group", yaxis_title="prefill seconds (batch 8)", height=340,
+                  title="8B-shaped model on an H200: prefill, softmax vs linearized")  # fmt: skip
+fig.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prefill_ratio_32k = prefill_s["softmax", 32768] / prefill_s["linear", 32768]
+assert prefill_ratio_32k > 1 and all(r["prefill_warmup_tokens"] == 1024 for r in runs12)
+round(prefill_ratio_32k, 2)
+
+# %% [markdown]
 # ## Scale it up
 #
 # * **The real model on one GPU:** `REAL_8B = True` above, `MODEL_PATH` a local directory with the sharded
