@@ -240,7 +240,7 @@ class LinearizedAttention(nn.Module):
 
         return self.impl == "auto" and triton_supported(x, causal=True, key_mask=None)
 
-    def _uses_fused_kernel(self, q: torch.Tensor, key_mask) -> bool:
+    def _uses_one_op(self, q: torch.Tensor, key_mask) -> bool:
         """Whether this call runs one Triton autograd op for both Hedgehog maps and the attention: the hybrid
         forms through ``lolcats_lab.kernels.hedgehog_hybrid``, pure linear attention (no sinks) through the
         staged Hedgehog linear op (``lolcats_lab.kernels.hedgehog_linear``). Taken when both maps run their
@@ -258,8 +258,8 @@ class LinearizedAttention(nn.Module):
             and auto_uses_triton(q, causal=True, key_mask=None, window=self.window, sink_tokens=self.sink_tokens)
         )
 
-    def _fused_hedgehog(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """y [B, H, T, D] from one op for the maps and the attention (``_uses_fused_kernel``), equal to
+    def _one_op_hedgehog(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """y [B, H, T, D] from one op for the maps and the attention (``_uses_one_op``), equal to
         ``linearized(q, *self._features(q, k, v))``. Hybrid: each map's backward kernel adds its gradient into
         the attention's dq / dk (no separate adds). Linear: the map kernel writes phi once and the linear
         backward kernels take the maps' gradient from it; grouped-query keys and values are read in place
@@ -279,8 +279,8 @@ class LinearizedAttention(nn.Module):
         T = q.shape[2]
         if cache is None:
             key_mask = key_mask_from_attention_mask(attention_mask, T)
-            if self._uses_fused_kernel(q, key_mask):
-                return self._fused_hedgehog(q, k, v)
+            if self._uses_one_op(q, key_mask):
+                return self._one_op_hedgehog(q, k, v)
             k, v, fq, fk = self._features(q, k, v)
             return self.linearized(q, k, v, fq, fk, key_mask)
         k, v, fq, fk = self._features(q, k, v)
@@ -338,8 +338,8 @@ class LinearizedAttention(nn.Module):
 
         T = q.shape[2]
         key_mask = key_mask_from_attention_mask(attention_mask, T)
-        if self.capture_head is None and self._uses_fused_kernel(q, key_mask):
-            y_lin = self._fused_hedgehog(q, k, v)  # [B, H, T, D]
+        if self.capture_head is None and self._uses_one_op(q, key_mask):
+            y_lin = self._one_op_hedgehog(q, k, v)  # [B, H, T, D]
         else:
             k_r, v_r, fq, fk = self._features(q, k, v)
             y_lin = self.linearized(q, k_r, v_r, fq, fk, key_mask)  # [B, H, T, D]

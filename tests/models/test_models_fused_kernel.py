@@ -1,7 +1,7 @@
 """The converted model's one-op Hedgehog paths against its usual path (two ops: the maps, then the attention).
 
 On a GPU ``LinearizedAttention`` sends bf16/fp16 layers with Triton Hedgehog maps through one autograd op
-(``_uses_fused_kernel``): hybrid layers through kernels/hedgehog_hybrid.py, pure linear layers (no sinks)
+(``_uses_one_op``): hybrid layers through kernels/hedgehog_hybrid.py, pure linear layers (no sinks)
 through the staged Hedgehog linear op (kernels/hedgehog_linear.py, keys and values read per key head). Here, on CPU, that choice is forced and the op runs in Triton's
 interpreter (fp32); the reference is the same model on the PyTorch chunked path. Compared: logits in
 linear mode, the gradients stage 2 trains through (q/k/v projections), and in transfer mode the MSE and
@@ -35,13 +35,13 @@ def _pair(attention, sink_tokens=0):
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
+def one_op_calls(monkeypatch):
     """Force the one-op path for models whose maps run on Triton (the GPU rule minus q.is_cuda) and
     count its calls, so a test can tell which path ran."""
     calls = []
-    real = LinearizedAttention._fused_hedgehog
+    real = LinearizedAttention._one_op_hedgehog
 
-    def uses_fused(self, q, key_mask):
+    def uses_one_op(self, q, key_mask):
         one_op_form = self.window > 0 or (self.attention == "linear" and self.sink_tokens == 0)
         return one_op_form and key_mask is None and self.q_map.impl == "triton"
 
@@ -49,13 +49,13 @@ def fused_calls(monkeypatch):
         calls.append(self.layer_idx)
         return real(self, q, k, v)
 
-    monkeypatch.setattr(LinearizedAttention, "_uses_fused_kernel", uses_fused)
-    monkeypatch.setattr(LinearizedAttention, "_fused_hedgehog", counted)
+    monkeypatch.setattr(LinearizedAttention, "_uses_one_op", uses_one_op)
+    monkeypatch.setattr(LinearizedAttention, "_one_op_hedgehog", counted)
     return calls
 
 
 @pytest.mark.parametrize("attention", ["hybrid-tk", "hybrid-sw", "linear"])
-def test_linear_mode_logits_and_stage2_gradients(fused_calls, attention):
+def test_linear_mode_logits_and_stage2_gradients(one_op_calls, attention):
     ref, fused = _pair(attention)
     ids, _ = batch(B=2, T=40, left_pad=0)
     grads = []
@@ -66,14 +66,14 @@ def test_linear_mode_logits_and_stage2_gradients(fused_calls, attention):
         logits = model(input_ids=ids, use_cache=False).logits
         logits.square().mean().backward()
         grads.append((logits.detach(), [p.grad.clone() for n, p in model.named_parameters() if "base_attn" in n]))
-    assert fused_calls == [0, 1], "the fused path must run once per layer, and only in the second model"
+    assert one_op_calls == [0, 1], "the one-op path must run once per layer, and only in the second model"
     check_close("logits", grads[0][0], grads[1][0], **TOL)
     for i, (a, b) in enumerate(zip(grads[0][1], grads[1][1])):
         check_close(f"projection grad {i}", a, b, **TOL)
 
 
 @pytest.mark.parametrize("attention", ["hybrid-tk", "linear"])
-def test_transfer_mode_mse_and_map_gradients(fused_calls, attention):
+def test_transfer_mode_mse_and_map_gradients(one_op_calls, attention):
     ref, fused = _pair(attention)
     ids, _ = batch(B=2, T=40, left_pad=0)
     out = []
@@ -88,13 +88,13 @@ def test_transfer_mode_mse_and_map_gradients(fused_calls, attention):
         out.append((mse.detach(), layer.q_map.weight.grad, layer.k_map.weight.grad))
         if attention != "linear":  # gamma does not enter pure linear attention
             out[-1] += (layer.window_logit.grad,)
-    assert fused_calls == [0, 1]
+    assert one_op_calls == [0, 1]
     for name, a, b in zip(("mse", "d q_map", "d k_map", "d window_logit"), *out):
         assert a is not None and b is not None, f"{name}: no gradient"
         check_close(name, a, b, **TOL)
 
 
-def test_padding_and_capture_keep_the_usual_path(fused_calls):
+def test_padding_and_capture_keep_the_usual_path(one_op_calls):
     """A padded batch (rows are reordered first) and a captured head (needs the features) do not take the
     one-op path; the outputs are still those of the reference."""
     ref, fused = _pair("hybrid-tk")
@@ -110,10 +110,10 @@ def test_padding_and_capture_keep_the_usual_path(fused_calls):
     layer.capture_head = 1
     with torch.no_grad():
         fused(input_ids=ids[:1], use_cache=False)
-    assert layer.captured_maps is not None and fused_calls == [1]
+    assert layer.captured_maps is not None and one_op_calls == [1]
 
 
-def test_linear_with_sink_tokens_keeps_the_two_op_path(fused_calls):
+def test_linear_with_sink_tokens_keeps_the_two_op_path(one_op_calls):
     """Pure linear attention with sinks runs the hybrid math (exact sink terms): not the staged linear op."""
     ref, fused = _pair("linear", sink_tokens=2)
     ids, _ = batch(B=2, T=24, left_pad=0)
@@ -122,5 +122,5 @@ def test_linear_with_sink_tokens_keeps_the_two_op_path(fused_calls):
     with torch.no_grad():
         a = ref(input_ids=ids, use_cache=False).logits
         b = fused(input_ids=ids, use_cache=False).logits
-    assert fused_calls == [], "window 0 with sink tokens must not take the one-op path"
+    assert one_op_calls == [], "window 0 with sink tokens must not take the one-op path"
     check_close("logits with sinks", a, b, **TOL)
