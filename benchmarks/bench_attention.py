@@ -16,7 +16,7 @@ Providers (forward "fwd" and forward+backward "fwd+bwd", bf16, batch 1, 32 heads
     triton_hedgehog   the Hedgehog op (f = 64 -> F = 128; and f = 128 -> F = 256) as a user calls it (fuse_map=None:
                       staged); _fused_f64: the map fused into every kernel (phi in registers); _staged_f64: the map
                       kernel writes phi once, then the unfused kernels, one op; _two_op_f64: the map op then the
-                      linear op, as a converted linear layer composes them
+                      linear op, as converted linear layers composed them before session 12 (now: the staged op)
     fla_chunk         fla.ops.linear_attn.chunk_linear_attn on precomputed features (if fla is installed)
     fla_hedgehog      PyTorch Hedgehog phi (f = 128, F = 256) then fla chunk_linear_attn
     triton_hybrid_tk  lolcats_lab.kernels hybrid attention, tk window 64, F = 128 (triton_hybrid_tk_c64: 64-token tiles)
@@ -138,7 +138,7 @@ def make_providers():
     def bthd(x):  # fla layout
         return x.transpose(1, 2)
 
-    def two_op_hh(q, k, v, wq, wk):  # what a converted linear layer runs: the map op, then the linear op
+    def two_op_hh(q, k, v, wq, wk):  # converted linear layers before session 12: the map op, then the linear op
         return triton_linear_attn(triton_hedgehog_map(q, wq), triton_hedgehog_map(k, wk), v)
 
     def hh_op(fuse_map):

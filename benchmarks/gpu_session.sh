@@ -32,7 +32,8 @@
 #             light, occupancy, launch stats, warp stalls; text report in $OUT/ncu.log
 #   hedgehog-staged  the Hedgehog op three ways, 1k..64k beside SDPA and fla: fused map (phi in registers), staged
 #             (the map kernel writes phi once, then the unfused kernels, one op) and two ops (map op, linear op: a
-#             converted linear layer); f = 128 as called (staged); then fused and staged profiled at 4k / 16k
+#             converted linear layer until session 12); f = 128 as called (staged); then fused and staged profiled
+#             at 4k / 16k
 #   staged-quick  the staged Hedgehog op's GPU tests, then it and the fused op beside fla at five lengths (~4 min)
 #   hedgehog-configs  the fused Hedgehog op at 6 warps x stages configs, 8k and 16k, beside fla (needs .whl)
 #   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
