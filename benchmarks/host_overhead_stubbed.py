@@ -9,6 +9,13 @@ here compute on the CPU (on a GPU they only queue a kernel) and Triton's own lau
 
     python benchmarks/host_overhead_stubbed.py                 # T = 64, 200 calls x 5 repeats
     python benchmarks/host_overhead_stubbed.py --out benchmarks/results/host-overhead-cpu.json
+    python benchmarks/host_overhead_stubbed.py --kept --op hybrid   # bench_attention.py's hybrid, launch path timed
+
+``--kept``: instead of stubbing ``launch``, every lookup of kernels/_launch.py's kept compiled kernels hits a
+stand-in whose ``run`` returns at once, so the argument signatures, the lookup and the argument packing
+of each launch are timed too (on the GPU machine about 20 us of signature per launch, session 9's host
+profile). ``--op``: "stage2" (default, above), or bench_attention.py's "hybrid" (tk window 64) / "linear"
+(precomputed features) at batch 1, 32 heads, head dim 128, 128 features, every input with a gradient.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from pathlib import Path
 os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors pass the kernels' device checks; nothing is interpreted
 
 
-def stub_launches() -> None:
+def stub_launches(keep_launch: bool = False) -> None:
     """Make every kernel launch a no-op: ``kernel[grid](...)`` for jit, interpreted and autotuned kernels,
-    and kernels/_launch.launch (imported by name into the kernel modules)."""
+    and kernels/_launch.launch (imported by name into the kernel modules) unless ``keep_launch``."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
@@ -36,9 +43,63 @@ def stub_launches() -> None:
     import lolcats_lab.kernels.hedgehog_hybrid  # noqa: F401  (imports the modules below)
     import lolcats_lab.kernels.hybrid_window_split  # noqa: F401
 
-    for name, module in list(sys.modules.items()):
+    for name, module in list(sys.modules.items()) if not keep_launch else ():
         if name.startswith("lolcats_lab.kernels") and hasattr(module, "launch"):
             module.launch = lambda kernel, grid, *args, **kwargs: None
+
+
+STAND_IN_RUNS = [0]  # launches that reached a stand-in kernel (--kept)
+
+
+def keep_stand_in_kernels() -> None:
+    """Let every launch through kernels/_launch.py run to its last step: each lookup finds a compiled
+    kernel whose ``run`` returns at once (argument signature, lookup and packing are timed; no kernel runs)."""
+    import torch
+
+    import lolcats_lab.kernels._launch as launch_module
+
+    class StandInKernel:
+        function = packed_metadata = None
+
+        def run(self, *args):
+            STAND_IN_RUNS[0] += 1
+
+    class AlwaysKept(dict):
+        def get(self, key, default=None):
+            return StandInKernel(), ()
+
+    launch_module._direct_ok = lambda: True
+    launch_module._COMPILED = AlwaysKept()
+    launch_module._raw_stream = lambda device: 0
+    torch.cuda.current_device = lambda: 0
+
+
+def bench_call(op: str, T: int):
+    """One forward+backward of bench_attention.py's "hybrid" or "linear" provider at batch 1 on the CPU."""
+    import torch
+
+    from lolcats_lab.kernels import triton_hybrid_attn, triton_linear_attn
+
+    B, H, D, F = 1, 32, 128, 128
+    g = torch.Generator().manual_seed(0)
+    if op == "hybrid":
+        xs = [torch.randn(B, H, T, D, generator=g) for _ in range(3)]
+        xs += [torch.rand(B, H, T, F, generator=g) for _ in range(2)] + [torch.full((H,), -2.0)]
+
+        def fn(*x):
+            return triton_hybrid_attn(*x, window=64, kind="tk")
+    else:
+        xs = [torch.rand(B, H, T, F, generator=g) for _ in range(2)] + [torch.randn(B, H, T, D, generator=g)]
+        fn = triton_linear_attn
+    xs = [x.requires_grad_() for x in xs]
+    do = torch.randn(B, T, H, D, generator=g).transpose(1, 2)  # the hybrid's output layout [B, T, H, D]
+
+    def run():
+        for x in xs:
+            x.grad = None
+        fn(*xs).backward(do)
+
+    return run
 
 
 def stage2_call(T: int):
@@ -57,14 +118,21 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--op", choices=["stage2", "hybrid", "linear"], default="stage2")
+    ap.add_argument("--kept", action="store_true", help="time _launch's kept path too (stand-in compiled kernels)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    stub_launches()
-    call = stage2_call(args.T)
+    stub_launches(keep_launch=args.kept)
+    if args.kept:
+        keep_stand_in_kernels()
+    call = stage2_call(args.T) if args.op == "stage2" else bench_call(args.op, args.T)
     for _ in range(20):
         call()
+    runs_before = STAND_IN_RUNS[0]
+    call()
+    launches = STAND_IN_RUNS[0] - runs_before  # per call, through the kept path (0 without --kept)
     us = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -72,11 +140,14 @@ def main(argv=None) -> int:
             call()
         us.append((time.perf_counter() - t0) / args.calls * 1e6)
     us.sort()
-    print(f"host us per forward+backward, launches stubbed (T={args.T}): min {us[0]:.0f}, median {us[len(us) // 2]:.0f}")
+    what = "kept launch path timed, kernels stand-ins" if args.kept else "launches stubbed"
+    print(f"host us per forward+backward of {args.op}, {what} (T={args.T}): min {us[0]:.0f}, "
+          f"median {us[len(us) // 2]:.0f}" + (f"; {launches} launches per call" if args.kept else ""))  # fmt: skip
     if args.out:
-        args.out.write_text(json.dumps(dict(T=args.T, calls=args.calls, us_per_call=[round(u, 1) for u in us],
-                                            cpu=platform.processor() or platform.machine(), torch=torch.__version__),
-                                       indent=1))  # fmt: skip
+        rec = dict(op=args.op, kept=args.kept, T=args.T, calls=args.calls, us_per_call=[round(u, 1) for u in us],
+                   kept_launches_per_call=launches,
+                   cpu=platform.processor() or platform.machine(), torch=torch.__version__)  # fmt: skip
+        args.out.write_text(json.dumps(rec, indent=1))
     return 0
 
 

@@ -23,3 +23,22 @@ def test_host_overhead_script_times_the_launch_path_without_running_kernels(tmp_
     # shape takes seconds, so a launch that was not stubbed would show up as a far larger time
     assert all(0 < us < 200_000 for us in rec["us_per_call"]), rec["us_per_call"]
     assert "launches stubbed" in proc.stdout
+
+
+def test_kept_mode_times_the_launch_path_on_bench_ops(tmp_path):
+    """--kept: the launches go through kernels/_launch.py to a stand-in compiled kernel (an interpreted
+    kernel instead would take seconds per call at this shape)."""
+    for op in ("hybrid", "linear"):
+        out = tmp_path / f"{op}.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--op", op, "--T", "40",
+             "--calls", "3", "--repeats", "2", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rec = json.loads(out.read_text())
+        assert (rec["op"], rec["kept"], rec["T"]) == (op, True, 40)
+        # one segment at 40 tokens: linear forward, dq, dk/dv; hybrid forward, two window and two state kernels
+        assert rec["kept_launches_per_call"] == {"linear": 3, "hybrid": 5}[op], rec
+        assert all(0 < us < 200_000 for us in rec["us_per_call"]), rec["us_per_call"]
+        assert f"of {op}, kept launch path timed" in proc.stdout
