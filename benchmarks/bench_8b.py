@@ -600,7 +600,8 @@ def measure_generation(ctx, mode: str, B: int, P: int, chunk: int | None) -> dic
 def section_generation(ctx) -> dict:
     a = ctx.args
     out = dict(what="prefill (logits of the last token only; after an untimed prefill of prefill_warmup_tokens at the "
-                    "same batch), then greedy decode steps with the cache, same loop for both models; linear: LinearizedCacheLayer (recurrent state + window), softmax: DynamicCache",
+                    "same batch), then greedy decode steps with the cache, same loop for both models; linear: "
+                    "LinearizedCacheLayer (recurrent state + window), softmax: DynamicCache",
                graph_what="per row 'graph': after the eager steps, one greedy step of the whole model captured in a "
                           "CUDA graph and replayed (linear: the same cache, Triton ring steps; softmax: the KV cache "
                           "moved into a transformers StaticCache, timed with transformers' sdpa (hf_sdpa) and with "

@@ -101,8 +101,8 @@ def lolcats_quadratic_hybrid_attn(q, k, v, fq, fk, window_logit, *, window, kind
 
 
 # ----------------------------------------------------------------------------------------------- providers
-def make_providers():
-    """name -> (make_inputs(T) -> list of tensors, fn(*inputs) -> y, reference(*inputs fp32) -> y)."""
+def make_providers(dev: str = "cuda"):
+    """name -> (make_inputs(T) -> list of tensors on ``dev``, fn(*inputs) -> y, reference(*inputs fp32) -> y)."""
     import torch.nn.functional as Fn
 
     from lolcats_lab.attention.hybrid import naive_hybrid_attn
@@ -114,8 +114,6 @@ def make_providers():
         triton_hybrid_attn,
         triton_linear_attn,
     )
-
-    dev = "cuda"
 
     def rnd(*shape, scale=1.0, pos=False):
         x = torch.rand(*shape, device=dev) if pos else torch.randn(*shape, device=dev) * scale

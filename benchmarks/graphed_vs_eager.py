@@ -27,24 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import err_str  # noqa: E402
 from bench_attention import check, environment, make_providers  # noqa: E402
+from profile_kernels import fwd_bwd_call  # noqa: E402
 
 DEFAULT_PROVIDERS = ["sdpa", "fla_chunk", "triton_linear", "triton_hedgehog_f64", "triton_hedgehog_fused_f64",
                      "triton_hedgehog_two_op_f64", "triton_hybrid_tk"]  # fmt: skip
 HOST_CALLS = 10  # eager calls per host-time sample (about 15 launches each: well inside the launch queue)
-
-
-def fwd_bwd(make, fn, T):
-    """(run, inputs): run() does one forward+backward with fresh gradients, as bench_attention.time_provider."""
-    xs = [x.requires_grad_() if x.is_floating_point() else x for x in make(T)]
-    with torch.no_grad():
-        do = torch.randn_like(fn(*xs))
-
-    def run():
-        for x in xs:
-            x.grad = None
-        fn(*xs).backward(do)
-
-    return run, xs
 
 
 def capture(run):
@@ -79,7 +66,7 @@ def host_ms(run, samples: int = 5) -> float:
 def measure(make, fn, T) -> dict:
     from triton.testing import do_bench
 
-    run, _ = fwd_bwd(make, fn, T)
+    run = fwd_bwd_call(make, fn, T)  # as bench_attention.time_provider: every input with a gradient
     run()
     torch.cuda.synchronize()
     row = dict(eager_ms=do_bench(run, warmup=25, rep=100, return_mode="median"), host_ms=host_ms(run))

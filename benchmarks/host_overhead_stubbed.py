@@ -15,7 +15,8 @@ here compute on the CPU (on a GPU they only queue a kernel) and Triton's own lau
 stand-in whose ``run`` returns at once, so the argument signatures, the lookup and the argument packing
 of each launch are timed too (on the GPU machine about 20 us of signature per launch, session 9's host
 profile). ``--op``: "stage2" (default, above), or bench_attention.py's "hybrid" (tk window 64) / "linear"
-(precomputed features) at batch 1, 32 heads, head dim 128, 128 features, every input with a gradient.
+(precomputed features) at its shapes (bf16, batch 1, 32 heads, head dim 128, 128 features), every input
+with a gradient.
 """
 
 from __future__ import annotations
@@ -74,32 +75,18 @@ def keep_stand_in_kernels() -> None:
     torch.cuda.current_device = lambda: 0
 
 
+BENCH_OPS = {"hybrid": "triton_hybrid_tk", "linear": "triton_linear"}  # --op -> bench_attention.py provider
+
+
 def bench_call(op: str, T: int):
-    """One forward+backward of bench_attention.py's "hybrid" or "linear" provider at batch 1 on the CPU."""
-    import torch
+    """One forward+backward of bench_attention.py's "hybrid" or "linear" provider on the CPU, every input with
+    a gradient (profile_kernels.fwd_bwd_call)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_attention import make_providers
+    from profile_kernels import fwd_bwd_call
 
-    from lolcats_lab.kernels import triton_hybrid_attn, triton_linear_attn
-
-    B, H, D, F = 1, 32, 128, 128
-    g = torch.Generator().manual_seed(0)
-    if op == "hybrid":
-        xs = [torch.randn(B, H, T, D, generator=g) for _ in range(3)]
-        xs += [torch.rand(B, H, T, F, generator=g) for _ in range(2)] + [torch.full((H,), -2.0)]
-
-        def fn(*x):
-            return triton_hybrid_attn(*x, window=64, kind="tk")
-    else:
-        xs = [torch.rand(B, H, T, F, generator=g) for _ in range(2)] + [torch.randn(B, H, T, D, generator=g)]
-        fn = triton_linear_attn
-    xs = [x.requires_grad_() for x in xs]
-    do = torch.randn(B, T, H, D, generator=g).transpose(1, 2)  # the hybrid's output layout [B, T, H, D]
-
-    def run():
-        for x in xs:
-            x.grad = None
-        fn(*xs).backward(do)
-
-    return run
+    make, fn, _ = make_providers("cpu")[BENCH_OPS[op]]
+    return fwd_bwd_call(make, fn, T)
 
 
 def stage2_call(T: int):
