@@ -247,16 +247,21 @@ class LinearizedAttention(nn.Module):
         Triton kernel, the Triton attention is chosen for these inputs (as ``hybrid_attn`` / ``linear_attn``
         dispatch: impl "triton" on CUDA, or "auto" for causal fp16/bf16 CUDA inputs) and there is no padding
         (padded rows are reordered or masked first)."""
-        if key_mask is not None or not self.causal or self.feature_map_name != "hedgehog":
+        if key_mask is not None or not self._has_one_op_form():
             return False
-        if self.window == 0 and not (self.attention == "linear" and self.sink_tokens == 0):
-            return False  # window 0 with sinks: exact sink terms, the two-op path
         if not (q.is_cuda and self.q_map._use_triton(q) and self.k_map._use_triton(q)):
             return False
         return self.impl == "triton" or (
             self.impl == "auto"
             and auto_uses_triton(q, causal=True, key_mask=None, window=self.window, sink_tokens=self.sink_tokens)
         )
+
+    def _has_one_op_form(self) -> bool:
+        """Whether this layer's math has a one-op Triton form: causal Hedgehog maps with a window (the
+        hybrid), or pure linear attention without sinks (window 0 with sinks keeps exact sink terms: two ops)."""
+        if not self.causal or self.feature_map_name != "hedgehog":
+            return False
+        return self.window > 0 or (self.attention == "linear" and self.sink_tokens == 0)
 
     def _one_op_hedgehog(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """y [B, H, T, D] from one op for the maps and the attention (``_uses_one_op``), equal to

@@ -2,10 +2,11 @@
 
 On a GPU ``LinearizedAttention`` sends bf16/fp16 layers with Triton Hedgehog maps through one autograd op
 (``_uses_one_op``): hybrid layers through kernels/hedgehog_hybrid.py, pure linear layers (no sinks)
-through the staged Hedgehog linear op (kernels/hedgehog_linear.py, keys and values read per key head). Here, on CPU, that choice is forced and the op runs in Triton's
-interpreter (fp32); the reference is the same model on the PyTorch chunked path. Compared: logits in
-linear mode, the gradients stage 2 trains through (q/k/v projections), and in transfer mode the MSE and
-the feature maps' gradients. A GQA model (4 query heads, 2 key/value heads) exercises the repeat.
+through the staged Hedgehog linear op (kernels/hedgehog_linear.py, keys and values read per key head).
+Here, on CPU, that choice is forced and the op runs in Triton's interpreter (fp32); the reference is the
+same model on the PyTorch chunked path. Compared: logits in linear mode, the gradients stage 2 trains
+through (q/k/v projections), and in transfer mode the MSE and the feature maps' gradients. A GQA model
+(4 query heads, 2 key/value heads) exercises the repeat (hybrid) and the per-key-head reads (linear).
 """
 
 import pytest
@@ -42,8 +43,7 @@ def one_op_calls(monkeypatch):
     real = LinearizedAttention._one_op_hedgehog
 
     def uses_one_op(self, q, key_mask):
-        one_op_form = self.window > 0 or (self.attention == "linear" and self.sink_tokens == 0)
-        return one_op_form and key_mask is None and self.q_map.impl == "triton"
+        return self._has_one_op_form() and key_mask is None and self.q_map.impl == "triton"
 
     def counted(self, q, k, v):
         calls.append(self.layer_idx)
