@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import err_str  # noqa: E402
+from _common import err_str, med  # noqa: E402
 from bench_attention import check, environment, make_providers  # noqa: E402
 from profile_kernels import fwd_bwd_call  # noqa: E402
 
@@ -60,7 +60,7 @@ def host_ms(run, samples: int = 5) -> float:
             run()
         times.append((time.perf_counter() - t0) / HOST_CALLS * 1e3)
         torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
+    return med(times)
 
 
 def measure(make, fn, T) -> dict:
