@@ -1,12 +1,42 @@
 """Triton kernels for lolcats-lab, installed as ``lolcats_lab.kernels``.
 
 This folder is mapped to the subpackage ``lolcats_lab.kernels`` by pyproject.toml. It is not meant to be
-imported as a top-level ``kernels``: that name belongs to a Hugging Face package that transformers
-probes for. When Python runs from the repository root, the folder is on sys.path and transformers' probe
-(``is_kernels_available``) may import it as ``kernels``; importing must then neither fail (transformers
-does not catch the error) nor look like the Hugging Face package (no ``__version__``, no exports), so
-the probe answers False. tests/test_packaging.py checks both.
+imported as a top-level ``kernels``: that name belongs to a Hugging Face package, which transformers (5.25
+and later require it) imports whenever it is installed (``from kernels import CUDAProperties, ...``). When
+Python runs from the repository root (``python -c``, pytest, a notebook server started there) this folder is
+on sys.path ahead of site-packages and would shadow it. So when it is imported under the top-level name it
+hands the name to the installed Hugging Face package (:func:`_defer_to_installed_kernels`); with none
+installed it stays an empty module that does not look like that package (no ``__version__``, no exports),
+and transformers' probe answers False. tests/test_packaging.py checks both, from the repository root.
 """
+
+import sys as _sys
+
+if __name__ == "kernels":  # imported as a top-level package: the repository root is on sys.path
+
+    def _defer_to_installed_kernels() -> None:
+        """Replace this module in sys.modules by the ``kernels`` package found on sys.path without the
+        repository root (Hugging Face's, in site-packages), when there is one; the import that loaded this
+        file then returns that package."""
+        import importlib.machinery
+        import importlib.util
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+        path = [p for p in _sys.path if isinstance(p, str) and os.path.realpath(p or os.curdir) != root]
+        spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+        this = _sys.modules["kernels"]
+        _sys.modules["kernels"] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            _sys.modules["kernels"] = this
+            raise
+
+    _defer_to_installed_kernels()
 
 # Public ops (kernels and launchers live in the submodules linear_attn, hybrid_attn, hedgehog_map,
 # hedgehog_linear, hedgehog_hybrid, decode). Each wrapper imports its kernel module on first call, so `import lolcats_lab.kernels` works

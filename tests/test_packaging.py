@@ -24,18 +24,40 @@ def _run(code: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+def _installed_kernels_origin(tmp_path) -> str:
+    """Where a top-level ``kernels`` comes from outside the repository: Hugging Face's package (transformers 5.25
+    and later require it) or "None"."""
+    r = _run("import importlib.util as u; s = u.find_spec('kernels'); print(s.origin if s else None)", tmp_path)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def test_kernels_is_a_subpackage_outside_the_repo(tmp_path):
-    r = _run("import lolcats_lab.kernels as k, importlib.util as u; print(k.__name__); print(u.find_spec('kernels'))", tmp_path)
+    r = _run("import lolcats_lab.kernels as k; print(k.__name__); print(k.__file__)", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["lolcats_lab.kernels", "None"]
+    name, path = r.stdout.splitlines()
+    assert name == "lolcats_lab.kernels" and pathlib.Path(path) == ROOT / "kernels" / "__init__.py"
+    origin = _installed_kernels_origin(tmp_path)
+    assert origin == "None" or pathlib.Path(origin).parent != ROOT / "kernels", origin  # never this folder
 
 
-def test_transformers_does_not_mistake_the_folder_for_hf_kernels_from_the_repo_root():
-    """From the repo root the folder is on sys.path; transformers' probe imports it and must answer False
-    (the GGUF loader calls this probe, so an exception here would break loading the default model)."""
-    r = _run("from transformers.utils.import_utils import is_kernels_available as f; print(f())", ROOT)
+def test_top_level_kernels_from_the_repo_root_is_never_this_folder(tmp_path):
+    """From the repo root the folder is on sys.path ahead of site-packages. With Hugging Face's ``kernels``
+    installed, importing the top-level name must give that package (transformers imports names from it, and
+    the GGUF loader of the default model goes through transformers); without it, transformers' probe must
+    answer False (the folder does not look like that package). Either way transformers' modules import."""
+    origin = _installed_kernels_origin(tmp_path)
+    code = ("import kernels, transformers.activations\n"
+            "from transformers.utils.import_utils import is_kernels_available as f\n"
+            "print(kernels.__file__); print(f())")  # fmt: skip
+    r = _run(code, ROOT)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
+    path, available = r.stdout.splitlines()
+    if origin == "None":
+        assert available == "False"
+    else:
+        assert pathlib.Path(path) == pathlib.Path(origin) and pathlib.Path(path).parent != ROOT / "kernels"
+        assert available == "True"
 
 
 def test_console_script_is_declared():
