@@ -15,8 +15,9 @@ here compute on the CPU (on a GPU they only queue a kernel) and Triton's own lau
 stand-in whose ``run`` returns at once, so the argument signatures, the lookup and the argument packing
 of each launch are timed too (on the GPU machine about 20 us of signature per launch, session 9's host
 profile). ``--op``: "stage2" (default, above), or bench_attention.py's "hybrid" (tk window 64) / "linear"
-(precomputed features) at its shapes (bf16, batch 1, 32 heads, head dim 128, 128 features), every input
-with a gradient.
+(precomputed features) / "hedgehog" (the default Hedgehog op, f = 64) at its shapes (bf16, batch 1, 32
+heads, head dim 128, 128 features), every input with a gradient. ``--gpu-plan``: segments as on an H100 /
+H200 (8 segments at 4k tokens), so the launches are a GPU call's.
 """
 
 from __future__ import annotations
@@ -75,7 +76,28 @@ def keep_stand_in_kernels() -> None:
     torch.cuda.current_device = lambda: 0
 
 
-BENCH_OPS = {"hybrid": "triton_hybrid_tk", "linear": "triton_linear"}  # --op -> bench_attention.py provider
+def plan_as_on_gpu(sms: int = 132) -> None:
+    """Cut sequences into segments as on a GPU of ``sms`` multiprocessors (an H100 / H200 has 132), not as the
+    CPU interpreter does (a few short segments): the launches and state buffers are then those of a GPU call
+    (e.g. 8 segments at 4k tokens and 32 heads, where the interpreter's plan has one)."""
+    from types import SimpleNamespace
+
+    import lolcats_lab.kernels.hedgehog_linear  # noqa: F401  (imports linear_attn)
+    import lolcats_lab.kernels.hybrid_attn  # noqa: F401
+    import lolcats_lab.kernels.segments as sg
+
+    real = sg.plan_segments
+    sg.multiprocessors = lambda device, *a: sms
+    sg.plan_segments = lambda T, chunk_size, n_bh, device, segment_chunks=None: real(
+        T, chunk_size, n_bh, SimpleNamespace(type="cuda"), segment_chunks
+    )
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lolcats_lab.kernels") and getattr(module, "plan_segments", None) is real:
+            module.plan_segments = sg.plan_segments
+
+
+# --op -> bench_attention.py provider
+BENCH_OPS = {"hybrid": "triton_hybrid_tk", "linear": "triton_linear", "hedgehog": "triton_hedgehog_f64"}
 
 
 def bench_call(op: str, T: int):
@@ -105,7 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--op", choices=["stage2", "hybrid", "linear"], default="stage2")
+    ap.add_argument("--op", choices=["stage2", *BENCH_OPS], default="stage2")
+    ap.add_argument("--gpu-plan", action="store_true", help="segment plans as on a 132-SM GPU (plan_as_on_gpu)")
     ap.add_argument("--kept", action="store_true", help="time _launch's kept path too (stand-in compiled kernels)")
     args = ap.parse_args(argv)
     import torch
@@ -114,6 +137,8 @@ def main(argv=None) -> int:
     stub_launches(keep_launch=args.kept)
     if args.kept:
         keep_stand_in_kernels()
+    if args.gpu_plan:
+        plan_as_on_gpu()
     call = stage2_call(args.T) if args.op == "stage2" else bench_call(args.op, args.T)
     for _ in range(20):
         call()
@@ -131,7 +156,8 @@ def main(argv=None) -> int:
     print(f"host us per forward+backward of {args.op}, {what} (T={args.T}): min {us[0]:.0f}, "
           f"median {us[len(us) // 2]:.0f}" + (f"; {launches} launches per call" if args.kept else ""))  # fmt: skip
     if args.out:
-        rec = dict(op=args.op, kept=args.kept, T=args.T, calls=args.calls, us_per_call=[round(u, 1) for u in us],
+        rec = dict(op=args.op, kept=args.kept, gpu_plan=args.gpu_plan, T=args.T, calls=args.calls,
+                   us_per_call=[round(u, 1) for u in us],
                    kept_launches_per_call=launches,
                    cpu=platform.processor() or platform.machine(), torch=torch.__version__)  # fmt: skip
         args.out.write_text(json.dumps(rec, indent=1))

@@ -79,7 +79,7 @@ def _types():
     bf, f32, i32 = "*bf16", "*fp32", "i32"
     return dict(
         q=bf, k=bf, v=bf, o=bf, do=bf, dq=bf, dk=bf, dv=bf, fq=bf, fk=bf, dfq=bf, dfk=bf, x=bf, y=bf,
-        wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, gam=f32,
+        wq=f32, wk=f32, w=f32, s0=f32, z0=f32, p0=f32, r0=f32, dwq=f32, dwk=f32, den=f32, dd=f32, logit=f32, d_logit=f32,
         mx=f32, dm=f32, u=bf, s_out=f32, z_out=f32, amax="*i32", bounds="*i32",
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
         SOB=i32, SOH=i32, SOT=i32, SYB=i32, SYH=i32, SYT=i32,
@@ -94,13 +94,16 @@ def cases(chunk: int):
     import lolcats_lab.kernels.hybrid_window_split as hs
     import lolcats_lab.kernels.linear_attn as la
     import lolcats_lab.kernels.segments as sg
+    from lolcats_lab.kernels._utils import FOLD_NONE, FOLD_PREFIX, FOLD_SUFFIX_INCLUSIVE
 
     for label, f, F in (("linear F=128", 0, 128), ("linear F=256", 0, 256), ("hedgehog f=64", 64, 128),
                         ("hedgehog f=128", 128, 256)):  # fmt: skip
         K = F if f == 0 else 128
         ce = dict(H=32, GK=1, GV=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0,
-                  PREC="tf32", LOWP=True)  # fmt: skip
+                  PREC="tf32", LOWP=True, FOLD=FOLD_NONE)  # fmt: skip
         yield f"{label} fwd", la.linear_attn_fwd_kernel, dict(ce, BVS=128)
+        if f == 0 and F == 128:  # a short sequence's plan: the kernel adds up the earlier segments' sums itself
+            yield f"{label} fwd fold", la.linear_attn_fwd_kernel, dict(ce, BVS=128, FOLD=FOLD_PREFIX)
         bwd = dict(ce, GW=f if f else K, FZ=0, BFZ=16)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
         yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
         yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
@@ -114,17 +117,19 @@ def cases(chunk: int):
         )  # fmt: skip
     for F in (128, 256):
         ce = dict(H=32, GK=1, GV=1, K=128, F=F, V=128, BT=chunk, BK=128, BF=F, BV=128, TK=True, PREC="tf32",
-                  LOWP=True, WIN_ONLY=True)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)
+                  LOWP=True, WIN_ONLY=True, FOLD=FOLD_NONE)  # fmt: skip (tk, window 64: tiles of 32 and 64 divide it)
         yield f"hybrid F={F} fwd", ha.hybrid_attn_fwd_kernel, dict(ce, STATS=False)
         yield f"hybrid F={F} fwd + row stats", ha.hybrid_attn_fwd_kernel, dict(ce, STATS=True)
         yield f"hybrid F={F} bwd dq", ha.hybrid_attn_bwd_dq_kernel, ce
         yield f"hybrid F={F} bwd dk/dv", ha.hybrid_attn_bwd_dkv_kernel, ce
         win = {n: ce[n] for n in ("H", "GK", "GV", "K", "V", "BT", "BK", "BV", "PREC", "LOWP")}
-        lin = {n: ce[n] for n in ("H", "GV", "F", "V", "BT", "BF", "BV", "PREC", "LOWP")}
+        lin = {n: ce[n] for n in ("H", "GV", "F", "V", "BT", "BF", "BV", "PREC", "LOWP", "FOLD")}
         yield f"hybrid F={F} split window dq", hs.window_dq_kernel, win
         yield f"hybrid F={F} split window dk/dv", hs.window_dkv_kernel, win
         yield f"hybrid F={F} split linear dk/dv", hs.linear_dkv_kernel, lin
         yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
+        if F == 128:
+            yield f"hybrid F={F} split linear dk/dv fold", hs.linear_dkv_kernel, dict(lin, FOLD=FOLD_SUFFIX_INCLUSIVE)
     if chunk == 32:  # the decode step has no token tiles: once, per key tile of its window loop (DECODE_TILE)
         for BC, dots in ((64, False), (32, False), (64, True), (32, True)):  # DECODE_TILE x DECODE_DOTS
             yield f"decode tk BC={BC}{' dots' if dots else ''}", dec.hybrid_decode_kernel, dict(

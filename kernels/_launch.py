@@ -39,6 +39,7 @@ _COMPILED: dict[tuple, tuple] = {}
 _INT32 = (-(2**31), 2**31)
 _INT_SIGNATURES: dict[int, tuple] = {}  # integer argument -> its argument_signature entry
 _FLOAT = ("f",)
+_PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})  # exact types argument_signature keys
 
 
 try:  # the current CUDA stream's handle, read as Triton's GPU driver reads it
@@ -79,8 +80,10 @@ def argument_signature(args) -> tuple | None:
     their type only; booleans: their value. At least as fine as Triton's own key, so two calls with equal
     signatures (and equal compile-time arguments) run the same compiled kernel. This runs on every launch:
     one list comprehension with remembered integer entries took 0.66-0.95x the time of a loop with an
-    isinstance chain per argument (20 arguments, three rounds in one run on the CPU machine)."""
-    sig = tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else _scalar_signature(a)
+    isinstance chain per argument (20 arguments, three rounds in one run on the CPU machine), and an exact
+    type test for tensors 0.69x the isinstance form's (25 arguments, 2.9-3.4 against 4.3-4.9 us). A tensor
+    subclass other than Parameter gets None: Triton's own path."""
+    sig = tuple([(a.dtype, a.data_ptr() & 15 == 0) if type(a) in _PLAIN_TENSORS else _scalar_signature(a)
                  for a in args])  # fmt: skip
     return None if None in sig else sig
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _utils
+
 PHI_MIN = tl.constexpr(1e-12)  # the Hedgehog clamp (SPEC.md); constexpr so kernels may read it
 
 
@@ -73,15 +75,54 @@ def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
     return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
 
 
+# How a kernel finds the state its segment starts from (segments.py): FOLD_NONE, the buffer was scanned and
+# holds it; otherwise the buffer holds each segment's own sums and the kernel adds up those of the segments
+# before its own (FOLD_PREFIX: forward), after it (FOLD_SUFFIX: reverse, exclusive) or from it on
+# (FOLD_SUFFIX_INCLUSIVE), in place of the scan kernel (segments.fold_segments).
+FOLD_NONE = tl.constexpr(_utils.FOLD_NONE)
+FOLD_PREFIX = tl.constexpr(_utils.FOLD_PREFIX)
+FOLD_SUFFIX = tl.constexpr(_utils.FOLD_SUFFIX)
+FOLD_SUFFIX_INCLUSIVE = tl.constexpr(_utils.FOLD_SUFFIX_INCLUSIVE)
+
+
 @triton.jit
-def load_segment_state(s0, z0, i_seg, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
-    """The state a segment starts from (segments.py): columns [v0, v0 + BV) of the padded fp32 matrix
-    S[i_seg] [BF, BVS] and the vector z[i_seg] [BF]; i_seg = (b * H + h) * NSEG + segment. s0, z0: the S
-    and z views of one state buffer (segments.split_states), segment blocks BF * BVS + BF floats apart."""
+def _segment_block(s0, z0, i_seg, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr):
+    """Columns [v0, v0 + BV) of S[i_seg] [BF, BVS] and z[i_seg] [BF] (segment blocks BF * BVS + BF apart)."""
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
     base = i_seg * (BF * BVS + BF)
     b_S = tl.load(s0 + base + o_f[:, None] * BVS + v0 + o_v[None, :])  # [BF, BV]
     b_z = tl.load(z0 + base + o_f)  # [BF]
+    return b_S, b_z
+
+
+@triton.jit
+def load_segment_state(s0, z0, row, i_s, NSEG, BF: tl.constexpr, BVS: tl.constexpr, v0, BV: tl.constexpr,
+                       FOLD: tl.constexpr):  # fmt: skip
+    """The state segment i_s of state row ``row`` (= b * H + h, int64) starts from (segments.py): columns
+    [v0, v0 + BV) of the padded fp32 matrix S [BF, BVS] and the vector z [BF]. s0, z0: the S and z views of
+    one state buffer [rows, NSEG, BF * BVS + BF] (segments.split_states). FOLD_NONE: the buffer was scanned
+    and holds each segment's start state; otherwise it holds each segment's own sums and those of the
+    segments before i_s (FOLD_PREFIX), after it (FOLD_SUFFIX) or from it on (FOLD_SUFFIX_INCLUSIVE) are
+    added here, in segment order."""
+    first = row * NSEG
+    if FOLD == FOLD_NONE:
+        b_S, b_z = _segment_block(s0, z0, first + i_s, BF, BVS, v0, BV)
+    else:
+        if FOLD == FOLD_PREFIX:
+            lo = 0
+            hi = i_s
+        elif FOLD == FOLD_SUFFIX:
+            lo = i_s + 1
+            hi = NSEG
+        else:
+            lo = i_s
+            hi = NSEG
+        b_S = tl.zeros([BF, BV], dtype=tl.float32)
+        b_z = tl.zeros([BF], dtype=tl.float32)
+        for j in range(lo, hi):
+            t_S, t_z = _segment_block(s0, z0, first + j, BF, BVS, v0, BV)
+            b_S += t_S
+            b_z += t_z
     return b_S, b_z
 
 

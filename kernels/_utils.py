@@ -13,6 +13,11 @@ import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# The FOLD argument of the kernels that start from segment states (_tl_helpers.load_segment_state): the
+# state buffer was scanned (FOLD_NONE), or holds per-segment sums the kernel adds up itself, those before its
+# segment (FOLD_PREFIX), after it (FOLD_SUFFIX) or from it on (FOLD_SUFFIX_INCLUSIVE).
+FOLD_NONE, FOLD_PREFIX, FOLD_SUFFIX, FOLD_SUFFIX_INCLUSIVE = 0, 1, 2, 3
+
 
 def is_interpreter() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, set by tests/conftest.py)."""
@@ -53,6 +58,35 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "ieee" if is_interpreter() else "tf32x3"
     return "tf32"
+
+
+# signatures of calls whose argument checks passed (call_signature): below 8k tokens the host sets the time of a
+# forward+backward, and the checks of a hybrid call took ~60 us of it on the CPU machine (under cProfile)
+_PASSED_CHECKS: set = set()
+
+
+def call_signature(op: str, *args) -> tuple | None:
+    """What an op's argument checks depend on, hashable: (type, shape, dtype, device) of each tensor, (type,
+    value) of anything else, and whether the interpreter runs (which devices pass); None when an argument
+    cannot be keyed (then the checks always run). Exact types, so True is not taken for 1."""
+    try:
+        key = (op, is_interpreter(), *[(type(a), a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor)
+                                       else (type(a), a) for a in args])  # fmt: skip
+        hash(key)
+    except TypeError:  # an unhashable argument (a list, say): not keyed
+        return None
+    return key
+
+
+def check_once(key: tuple | None, check) -> None:
+    """Run ``check()`` (raises on bad input) unless a call with the same :func:`call_signature` passed it."""
+    if key is not None and key in _PASSED_CHECKS:
+        return
+    check()
+    if key is not None:
+        if len(_PASSED_CHECKS) > 4096:  # e.g. many distinct sequence lengths: start over
+            _PASSED_CHECKS.clear()
+        _PASSED_CHECKS.add(key)
 
 
 def check_device(name: str, x: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import check_projection
+from ._utils import call_signature, check_once, check_projection
 from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward, project_back
 from .hybrid_attn import HYBRID_EPS, check_hybrid_args, save_forward, saved_backward
 
@@ -70,22 +70,26 @@ def hedgehog_hybrid_attn(
         window_logit, window, kind, sink_tokens, scale, eps, chunk_size, segment_chunks: as ``hybrid_attn``.
     Returns: y [B, H, T, D] in v's dtype, laid out [B, T, H, D] in memory.
     """
-    check_hybrid_args(q, k, v, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, eps=eps,
-                      chunk_size=chunk_size, segment_chunks=segment_chunks, features={})  # fmt: skip
-    if k.shape[1] != q.shape[1]:
-        raise ValueError(
-            f"k has {k.shape[1]} heads but q has {q.shape[1]}: the k map is per query head, so repeat k's heads "
-            "to the query heads first (v may keep fewer heads)"
-        )
-    check_projection("wq", wq, "q", q)
-    check_projection("wk", wk, "k", k)
-    if wq.shape != wk.shape:
-        raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
-    if not hedgehog_map_fits(q.shape[-1], wq.shape[-1]):
-        raise ValueError(
-            f"the Triton Hedgehog map takes head_dim <= 128 and feature_dim <= 128, got {q.shape[-1]} and "
-            f"{wq.shape[-1]}; compute the features with lolcats_lab.feature_maps.hedgehog_phi and call hybrid_attn"
-        )
+    def check():
+        check_hybrid_args(q, k, v, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, eps=eps,
+                          chunk_size=chunk_size, segment_chunks=segment_chunks, features={})  # fmt: skip
+        if k.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"k has {k.shape[1]} heads but q has {q.shape[1]}: the k map is per query head, so repeat k's heads "
+                "to the query heads first (v may keep fewer heads)"
+            )
+        check_projection("wq", wq, "q", q)
+        check_projection("wk", wk, "k", k)
+        if wq.shape != wk.shape:
+            raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
+        if not hedgehog_map_fits(q.shape[-1], wq.shape[-1]):
+            raise ValueError(
+                f"the Triton Hedgehog map takes head_dim <= 128 and feature_dim <= 128, got {q.shape[-1]} and "
+                f"{wq.shape[-1]}; compute the features with lolcats_lab.feature_maps.hedgehog_phi and call hybrid_attn"
+            )
+
+    check_once(call_signature("hedgehog_hybrid_attn", q, k, v, wq, wk, window_logit, window, kind, sink_tokens, eps,
+                              chunk_size, segment_chunks), check)  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HedgehogHybridFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), window_logit,

@@ -70,15 +70,19 @@ from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
 from ._tl_helpers import store_rows_strided as _store_s
 from ._utils import (
+    FOLD_PREFIX,
+    FOLD_SUFFIX_INCLUSIVE,
     autotune_configs,
     block,
+    call_signature,
     check_chunk_size,
+    check_once,
     check_same_dtype_device,
     check_segment_chunks,
     check_tensor,
     dot_precision,
 )
-from .segments import bounds_tensor, plan_segments, segment_states
+from .segments import bounds_tensor, fold_mode, plan_segments, segment_states
 
 HYBRID_EPS = 1e-12
 # window-only tiles without sinks take hybrid_window_split.py's backward (parallel window kernels and two
@@ -131,6 +135,30 @@ def _reverse_start(c0, T, W, BT: tl.constexpr, TK: tl.constexpr):
     else:
         Q1 = c0 + BT - 1 + W
     return tl.minimum(Q1, T)
+
+
+@triton.jit
+def window_gamma(logit, h):
+    """gamma_h = sigmoid(window_logit[h]) in fp32, from the logits [H] in any float dtype (SPEC.md)."""
+    return tl.sigmoid(tl.load(logit + h).to(tl.float32))
+
+
+@triton.jit
+def window_logit_grad(dm, logit, d_logit, h, T, H: tl.constexpr, BLOCK: tl.constexpr = 1024):
+    """d window_logit[h] = (gamma_h - 1) sum_{b, t} dM[b, h, t], written in the logits' dtype, for one head
+    by one program (dm: row (0, h) of dM [B, H, T] fp32; B = the grid's second dim / H). The backward's last
+    kernel calls it from one program per head, so no reduction kernels run after it; fixed order, so the
+    sum is the same on every call. (dL/dgamma = sum_W e_ij g_ij / gamma = -sum_i dM_i / gamma, and
+    dgamma/dlogit = gamma (1 - gamma).)"""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    row_stride = T.to(tl.int64) * H  # between batch elements
+    for b in range(0, tl.num_programs(1) // H):
+        row = dm + b * row_stride
+        for t0 in range(0, T, BLOCK):
+            o_t = t0 + tl.arange(0, BLOCK)
+            acc += tl.load(row + o_t, mask=o_t < T, other=0.0)
+    d = (window_gamma(logit, h) - 1.0) * tl.sum(acc, 0)
+    tl.store(d_logit + h, d.to(d_logit.dtype.element_ty))
 
 
 @triton.jit
@@ -310,10 +338,10 @@ def _dkv_queries(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY", "STATS"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_fwd_kernel(
-    q, k, v, fq, fk, gam, s0, z0, o, SOB, SOH, SOT, u, den, mx, amax, T, W, NS, scale, eps, NSEG,
+    q, k, v, fq, fk, logit, s0, z0, o, SOB, SOH, SOT, u, den, mx, amax, T, W, NS, scale, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, STATS: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, STATS: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H): query tiles [i_s CPS, (i_s + 1) CPS), starting from the state (s0, z0) of the keys
     that turned linear before the segment. Writes y [B, H, T, D] (element strides SOB, SOH, SOT, the last dim
@@ -333,9 +361,9 @@ def hybrid_attn_fwd_kernel(
         den += i_bh64 * T
         mx += i_bh64 * T
         amax += i_bh64 * T
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)
     # keys [sinks, L0(segment start)) as linear
-    b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    b_S, b_z = load_segment_state(s0, z0, i_bh64, i_s, NSEG, BF, BV, 0, BV, FOLD)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     L_done = _linear_start(t_lo * BT, W, TK)  # keys < L_done are in the state (an int32 scalar)
     for i_t in range(t_lo, t_hi):
@@ -365,10 +393,10 @@ def hybrid_attn_fwd_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dq_kernel(
-    q, k, v, fq, fk, do, gam, s0, z0, o, SOB, SOH, SOT, u, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, NSEG,
+    q, k, v, fq, fk, do, logit, s0, z0, o, SOB, SOH, SOT, u, dq, dfq, den, dd, mx, amax, dm, T, W, NS, scale, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Forward scan of a segment: from the forward's output o and row statistics (u, den,
     M, argmax), one pass over each query tile's keys gives dq, dfq; writes dd and dM for the dk/dv kernel.
@@ -392,9 +420,9 @@ def hybrid_attn_bwd_dq_kernel(
     mx += i_bh64 * T
     amax += i_bh64 * T
     dm += i_bh64 * T
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)
     # keys [sinks, L0(segment start)) as linear
-    b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    b_S, b_z = load_segment_state(s0, z0, i_bh64, i_s, NSEG, BF, BV, 0, BV, FOLD)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     L_done = _linear_start(t_lo * BT, W, TK)
     for i_t in range(t_lo, t_hi):
@@ -432,13 +460,15 @@ def hybrid_attn_bwd_dq_kernel(
 @triton.autotune(configs=_CONFIGS, key=["K", "F", "V", "BT", "TK", "LOWP", "GK", "GV", "WIN_ONLY"])
 @triton.jit(do_not_specialize=["T", "W", "NS", "NSEG", "CPS"])
 def hybrid_attn_bwd_dkv_kernel(
-    q, k, v, fq, fk, do, SOB, SOH, SOT, gam, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, T, W, NS, scale, NSEG,
+    q, k, v, fq, fk, do, SOB, SOH, SOT, logit, p0, r0, den, dd, mx, amax, dm, dk, dfk, dv, d_logit, T, W, NS, scale,
+    NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, TK: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr,
+    LOWP: tl.constexpr, WIN_ONLY: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Reverse scan over one segment's key tiles: dk, dfk, dv. (p0, r0): the reverse state
-    of the queries >= Q1 of the segment's last tile (see _reverse_start). do: element strides SOB, SOH, SOT."""
+    of the queries >= Q1 of the segment's last tile (see _reverse_start). do: element strides SOB, SOH, SOT.
+    Programs (0, h) also write d window_logit[h] from the dq kernel's dM (window_logit_grad)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, i_bk, i_bv = head_offsets(i_bh, H, GK, GV)
     DT = q.dtype.element_ty if LOWP else tl.float32  # dot operand dtype (_dot; see the module docstring)
@@ -456,9 +486,9 @@ def hybrid_attn_bwd_dkv_kernel(
     mx += i_bh64 * T
     amax += i_bh64 * T
     dm += i_bh64 * T
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)
     # sum_i fq_i dn_i^T [BF, BV] and sum_i dd_i fq_i [BF] over queries >= Q_done
-    b_P, b_r = load_segment_state(p0, r0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    b_P, b_r = load_segment_state(p0, r0, i_bh64, i_s, NSEG, BF, BV, 0, BV, FOLD)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     Q_done = _reverse_start((t_hi - 1) * BT, T, W, BT, TK)
     for i_r in range(t_hi - t_lo):
@@ -496,6 +526,8 @@ def hybrid_attn_bwd_dkv_kernel(
         _store(dk, b_dk * scale, o_j, m_j, K, BK)
         _store(dfk, b_dfk, o_j, m_j, F, BF)
         _store(dv, b_dv, o_j, m_j, V, BV)
+    if (i_s == 0) & (i_bh < H):  # dM is complete (the dq kernel wrote it): one program per head
+        window_logit_grad(dm, logit, d_logit, i_bh, T, H)
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -582,9 +614,10 @@ def forward_tile(chunk_size: int, window: int, kind: str, cps: int, n_seg: int) 
     return chunk_size, cps
 
 
-def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
+def hybrid_attn_fwd(q, k, v, fq, fk, logit, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS, chunk_size=32,
                     segment_chunks=None, stats=False):  # fmt: skip
-    """Launch the forward. gamma: [H] fp32 (already sigmoid-ed). Returns y [B, H, T, D], the segment start
+    """Launch the forward. logit: window_logit [H] contiguous, any float dtype (the kernels take gamma =
+    sigmoid(logit) themselves: no separate launch). Returns y [B, H, T, D], the segment start
     states (s0, z0, cps) and, when ``stats``, the row statistics the backward needs (``RowStats``), else
     None. chunk_size and cps are the backward's tile and tiles per segment (the forward may run wider
     tiles over the same segments: see forward_tile)."""
@@ -600,8 +633,8 @@ def hybrid_attn_fwd(q, k, v, fq, fk, gamma, *, window, kind, sink_tokens=0, scal
     row = RowStats.empty(o) if stats else None
     launch(
         hybrid_attn_fwd_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, gamma, s0, z0, o, *o.stride()[:3], *(row if stats else (o,) * 4), T, window, sink_tokens,
-        scale, eps, n_seg, CPS=tile_cps, STATS=stats, **meta
+        q, k, v, fq, fk, logit, s0, z0, o, *o.stride()[:3], *(row if stats else (o,) * 4), T, window, sink_tokens,
+        scale, eps, n_seg, CPS=tile_cps, STATS=stats, FOLD=fold_mode(n_seg, FOLD_PREFIX), **meta
     )  # fmt: skip
     return o, (s0, z0, cps), row
 
@@ -627,17 +660,18 @@ class RowStats(NamedTuple):
         return cls(o.new_empty(o.shape), den, mx, o.new_empty(B, H, T, dtype=torch.int32))  # u contiguous
 
 
-def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
+def hybrid_attn_bwd(q, k, v, fq, fk, logit, do, *, window, kind, sink_tokens=0, scale, eps=HYBRID_EPS,
                     chunk_size=32, o=None, states=None, row=None, segment_chunks=None):  # fmt: skip
-    """Launch the backward (dq scan, reverse segment states, dk/dv scan). ``o``, ``states``, ``row``: the
-    forward's output, (s0, z0, cps) and RowStats; when any is None the forward runs again to make them.
-    Returns (dq, dk, dv, dfq, dfk, d_gamma_logit [H] fp32)."""
+    """Launch the backward (dq scan, reverse segment states, dk/dv scan). logit: window_logit [H] contiguous.
+    ``o``, ``states``, ``row``: the forward's output, (s0, z0, cps) and RowStats; when any is None the forward
+    runs again to make them. Returns (dq, dk, dv, dfq, dfk, d window_logit [H] in the logit's dtype), the
+    last written by the backward's last kernel (window_logit_grad)."""
     B, H, T, _ = q.shape
     meta = _meta(q, k, fq, v, kind, window, chunk_size)
     GK, GV = meta["GK"], meta["GV"]
     if o is None or states is None or row is None:
         o, states, row = hybrid_attn_fwd(
-            q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+            q, k, v, fq, fk, logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
             chunk_size=chunk_size, segment_chunks=segment_chunks, stats=True,
         )  # fmt: skip
     if do.stride() != o.stride():  # the kernels read o and do with one set of strides
@@ -649,24 +683,25 @@ def hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, *, window, kind, sink_tokens=0, 
     # dk, dv per query head; summed over each group of GK (GV) query heads below (fp32 when summed)
     dk = q.new_empty(B, H, T, k.shape[-1], dtype=torch.float32 if GK > 1 else k.dtype)
     dv = q.new_empty(B, H, T, v.shape[-1], dtype=torch.float32 if GV > 1 else v.dtype)
+    d_logit = logit.new_empty(H)
     from .hybrid_window_split import split_applies, split_backward  # imports this module's kernel helpers
 
     if SPLIT_WINDOW_BACKWARD and split_applies(meta, sink_tokens):  # parallel window kernels + state scans
-        split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, (dq, dk, dv, dfq, dfk, dd, dm),
+        split_backward(q, k, v, fq, fk, logit, do, o, row, s0, z0, cps, (dq, dk, dv, dfq, dfk, dd, dm, d_logit),
                        window=window, scale=scale, meta=meta)  # fmt: skip
-        return _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV)
+        return _finish_backward(dq, dk, dv, dfq, dfk, d_logit, k, v, GK, GV)
     launch(
         hybrid_attn_bwd_dq_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, gamma, s0, z0, o, *o.stride()[:3], row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T,
-        window, sink_tokens, scale, n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, logit, s0, z0, o, *o.stride()[:3], row.u, dq, dfq, row.den, dd, row.mx, row.amax, dm, T,
+        window, sink_tokens, scale, n_seg, CPS=cps, FOLD=fold_mode(n_seg, FOLD_PREFIX), **meta,
     )  # fmt: skip
     p0, r0 = _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta)
     launch(
         hybrid_attn_bwd_dkv_kernel, (n_seg, B * H),
-        q, k, v, fq, fk, do, *o.stride()[:3], gamma, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, T, window,
-        sink_tokens, scale, n_seg, CPS=cps, **meta,
+        q, k, v, fq, fk, do, *o.stride()[:3], logit, p0, r0, row.den, dd, row.mx, row.amax, dm, dk, dfk, dv, d_logit, T,
+        window, sink_tokens, scale, n_seg, CPS=cps, FOLD=fold_mode(n_seg, FOLD_SUFFIX_INCLUSIVE), **meta,
     )  # fmt: skip
-    return _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV)
+    return _finish_backward(dq, dk, dv, dfq, dfk, d_logit, k, v, GK, GV)
 
 
 def _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, meta):
@@ -681,18 +716,13 @@ def _reverse_states(fq, do, row, dd, T, window, kind, chunk_size, cps, n_seg, me
     )  # fmt: skip
 
 
-def _finish_backward(dq, dk, dv, dfq, dfk, dm, gamma, k, v, GK, GV):
-    """The per-query-head dk, dv summed over each key/value head's group; d window_logit from dM."""
+def _finish_backward(dq, dk, dv, dfq, dfk, d_logit, k, v, GK, GV):
+    """The per-query-head dk, dv summed over each key/value head's group."""
     B, H, T = dq.shape[:3]
     if GK > 1:
         dk = dk.view(B, H // GK, GK, T, -1).sum(2).to(k.dtype)  # [B, KH, T, K]
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, -1).sum(2).to(v.dtype)  # [B, VH, T, D]
-    # dL/dgamma = sum_W e_ij g_ij / gamma = -sum_i dM_i / gamma and dgamma/dlogit = gamma (1 - gamma)
-    # over t first (a contiguous reduction), then over b: one sum over dims (0, 2) runs as a strided reduce
-    # kernel, and the linearized 8B stage-2 profile on an H200 had 0.8 ms (32 calls) more of that kernel than
-    # the softmax model's (results/NVIDIA_H200-8b-lora-2026-12-01-baseline.json)
-    d_logit = (gamma - 1.0) * dm.sum(dim=2).sum(dim=0)  # [H]; -(1 - gamma) as one op
     return dq, dk, dv, dfq, dfk, d_logit
 
 
@@ -701,13 +731,13 @@ def save_forward(ctx, q, k, v, fq, fk, window_logit, window, kind, sink_tokens, 
     """The forward of an autograd.Function around the hybrid: runs hybrid_attn_fwd (row statistics only when
     a gradient is wanted) and saves on ctx what :func:`saved_backward` needs, after the ``extra`` tensors of
     the calling op. Returns y."""
-    gamma = torch.sigmoid(window_logit.float()).contiguous()  # [H]
+    logit = window_logit.contiguous()  # [H]; the kernels take gamma = sigmoid(logit)
     o, (s0, z0, cps), row = hybrid_attn_fwd(
-        q, k, v, fq, fk, gamma, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
+        q, k, v, fq, fk, logit, window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps,
         chunk_size=chunk_size, segment_chunks=segment_chunks, stats=any(ctx.needs_input_grad),
     )  # fmt: skip
-    ctx.save_for_backward(*extra, q, k, v, fq, fk, gamma, s0, z0, *((o, *row) if row else ()))
-    ctx.n_extra, ctx.cps, ctx.logit_dtype = len(extra), cps, window_logit.dtype
+    ctx.save_for_backward(*extra, q, k, v, fq, fk, logit, s0, z0, *((o, *row) if row else ()))
+    ctx.n_extra, ctx.cps = len(extra), cps
     ctx.cfg = dict(window=window, kind=kind, sink_tokens=sink_tokens, scale=scale, eps=eps, chunk_size=chunk_size)
     return o
 
@@ -716,11 +746,9 @@ def saved_backward(ctx, do):
     """The backward from what :func:`save_forward` saved: (the extra tensors, (q, k), (dq, dk, dv, dfq, dfk,
     d window_logit in the logit's dtype))."""
     saved = ctx.saved_tensors
-    extra, (q, k, v, fq, fk, gamma, s0, z0, o, *row) = saved[: ctx.n_extra], saved[ctx.n_extra :]
-    dq, dk, dv, dfq, dfk, d_logit = hybrid_attn_bwd(
-        q, k, v, fq, fk, gamma, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg
-    )
-    return extra, (q, k), (dq, dk, dv, dfq, dfk, d_logit.to(ctx.logit_dtype))
+    extra, (q, k, v, fq, fk, logit, s0, z0, o, *row) = saved[: ctx.n_extra], saved[ctx.n_extra :]
+    grads = hybrid_attn_bwd(q, k, v, fq, fk, logit, do, o=o, states=(s0, z0, ctx.cps), row=RowStats(*row), **ctx.cfg)
+    return extra, (q, k), grads
 
 
 class HybridAttnFunction(torch.autograd.Function):
@@ -791,12 +819,16 @@ def hybrid_attn(
     Returns: y [B, H, T, D] in v's dtype, laid out [B, T, H, D] in memory (``y.transpose(1, 2)`` is
     contiguous, as with SDPA). Memory O(B H T) beyond inputs and outputs.
     """
-    check_hybrid_args(q, k, v, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, eps=eps,
-                      chunk_size=chunk_size, segment_chunks=segment_chunks, features=dict(fq=fq, fk=fk))  # fmt: skip
-    if fq.shape != fk.shape:
-        raise ValueError(f"fq and fk must have the same shape, got {tuple(fq.shape)} and {tuple(fk.shape)}")
-    if fq.shape[:3] != q.shape[:3]:
-        raise ValueError(f"fq has [B, H, T] = {tuple(fq.shape[:3])} but q has {tuple(q.shape[:3])}")
+    def check():
+        check_hybrid_args(q, k, v, window_logit, window=window, kind=kind, sink_tokens=sink_tokens, eps=eps,
+                          chunk_size=chunk_size, segment_chunks=segment_chunks, features=dict(fq=fq, fk=fk))  # fmt: skip
+        if fq.shape != fk.shape:
+            raise ValueError(f"fq and fk must have the same shape, got {tuple(fq.shape)} and {tuple(fk.shape)}")
+        if fq.shape[:3] != q.shape[:3]:
+            raise ValueError(f"fq has [B, H, T] = {tuple(fq.shape[:3])} but q has {tuple(q.shape[:3])}")
+
+    check_once(call_signature("hybrid_attn", q, k, v, fq, fk, window_logit, window, kind, sink_tokens, eps, chunk_size,
+                              segment_chunks), check)  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HybridAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,

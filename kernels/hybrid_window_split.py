@@ -37,7 +37,7 @@ from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strid
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
-from ._utils import autotune_configs
+from ._utils import FOLD_PREFIX, FOLD_SUFFIX_INCLUSIVE, autotune_configs
 from .hybrid_attn import (
     _CONFIGS,
     _advance_reverse_state,
@@ -49,7 +49,10 @@ from .hybrid_attn import (
     _reverse_states,
     _row_gradients,
     forward_tile,
+    window_gamma,
+    window_logit_grad,
 )
+from .segments import fold_mode
 
 # the linear state scans on the forward's wide tiles (True) or on the window kernels' tiles (benchmarks
 # compare both: profile_kernels.py --narrow-scans)
@@ -67,7 +70,7 @@ _WINDOW_CONFIGS = autotune_configs(
 @triton.autotune(configs=_WINDOW_CONFIGS, key=["K", "V", "BT", "LOWP", "GK", "GV"])
 @triton.jit(do_not_specialize=["T", "W"])
 def window_dq_kernel(
-    q, k, v, do, gam, o, SOB, SOH, SOT, u, dq, den, dd, mx, amax, dm, T, W, scale,
+    q, k, v, do, logit, o, SOB, SOH, SOT, u, dq, den, dd, mx, amax, dm, T, W, scale,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
@@ -89,7 +92,7 @@ def window_dq_kernel(
     mx += i_bh64 * T
     amax += i_bh64 * T
     dm += i_bh64 * T
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)
     c0 = i_t * BT
     o_i = c0 + tl.arange(0, BT)
     m_i = o_i < T
@@ -110,7 +113,7 @@ def window_dq_kernel(
 @triton.autotune(configs=_WINDOW_CONFIGS, key=["K", "V", "BT", "LOWP", "GK", "GV"])
 @triton.jit(do_not_specialize=["T", "W"])
 def window_dkv_kernel(
-    q, k, v, do, SOB, SOH, SOT, gam, den, dd, mx, amax, dm, dk, dv, T, W, scale,
+    q, k, v, do, SOB, SOH, SOT, logit, den, dd, mx, amax, dm, dk, dv, T, W, scale,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
@@ -130,7 +133,7 @@ def window_dkv_kernel(
     mx += i_bh64 * T
     amax += i_bh64 * T
     dm += i_bh64 * T
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)
     c0 = i_t * BT
     o_j = c0 + tl.arange(0, BT)
     m_j = o_j < T
@@ -154,7 +157,7 @@ def window_dkv_kernel(
 def linear_dkv_kernel(
     fq, fk, v, do, SOB, SOH, SOT, p0, r0, den, dd, dfk, dv, T, W, NSEG,
     H: tl.constexpr, GV: tl.constexpr, F: tl.constexpr, V: tl.constexpr, CPS, BT: tl.constexpr,
-    BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Reverse scan over one segment's key tiles with the reverse state (P, r) of the
     queries that see the whole tile as linear (from p0, r0: see hybrid_attn_bwd_dkv_kernel): writes
@@ -170,7 +173,7 @@ def linear_dkv_kernel(
     do += strided_head_offset(i_bh, H, 1, SOB, SOH)
     den += i_bh64 * T
     dd += i_bh64 * T
-    b_P, b_r = load_segment_state(p0, r0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    b_P, b_r = load_segment_state(p0, r0, i_bh64, i_s, NSEG, BF, BV, 0, BV, FOLD)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     Q_done = _reverse_start((t_hi - 1) * BT, T, W, BT, True)
     for i_r in range(t_hi - t_lo):
@@ -189,12 +192,14 @@ def linear_dkv_kernel(
 @triton.autotune(configs=_CONFIGS, key=["F", "V", "BT", "LOWP", "GV"])
 @triton.jit(do_not_specialize=["T", "W", "NSEG", "CPS"])
 def linear_dq_kernel(
-    fk, v, do, SOB, SOH, SOT, s0, z0, den, dd, dfq, T, W, NSEG,
+    fk, v, do, SOB, SOH, SOT, s0, z0, den, dd, dfq, dm, logit, d_logit, T, W, NSEG,
     H: tl.constexpr, GV: tl.constexpr, F: tl.constexpr, V: tl.constexpr, CPS, BT: tl.constexpr,
-    BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    BF: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (NSEG, B*H). Forward scan over one segment's query tiles with the linear state (S, z) of the keys
-    below each tile's L0 (from the forward's segment states s0, z0): writes dfq = dn S^T + dd z."""
+    below each tile's L0 (from the forward's segment states s0, z0): writes dfq = dn S^T + dd z. The
+    backward's last kernel: programs (0, h) also write d window_logit[h] from window_dq_kernel's dM
+    (window_logit_grad)."""
     i_s, i_bh = tl.program_id(0), tl.program_id(1)
     i_bh64, _, i_bv = head_offsets(i_bh, H, 1, GV)
     DT = fk.dtype.element_ty if LOWP else tl.float32
@@ -204,7 +209,7 @@ def linear_dq_kernel(
     do += strided_head_offset(i_bh, H, 1, SOB, SOH)
     den += i_bh64 * T
     dd += i_bh64 * T
-    b_S, b_z = load_segment_state(s0, z0, i_bh64 * NSEG + i_s, BF, BV, 0, BV)
+    b_S, b_z = load_segment_state(s0, z0, i_bh64, i_s, NSEG, BF, BV, 0, BV, FOLD)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     L_done = _linear_start(t_lo * BT, W, True)
     for i_t in range(t_lo, t_hi):
@@ -217,6 +222,8 @@ def linear_dq_kernel(
         b_dn = _rows_s(do, o_i, m_i, SOT, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]  # [BT, BV]
         b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)  # [BT]
         _store(dfq, _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :], o_i, m_i, F, BF)
+    if (i_s == 0) & (i_bh < H):  # one program per head, batch element 0: dM is complete
+        window_logit_grad(dm + i_bh64 * T, logit, d_logit, i_bh, T, H)
 
 
 def split_applies(meta: dict, sink_tokens: int) -> bool:
@@ -225,12 +232,12 @@ def split_applies(meta: dict, sink_tokens: int) -> bool:
     return bool(meta["WIN_ONLY"]) and sink_tokens == 0
 
 
-def split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, grads, *, window, scale, meta):
-    """Launch the five steps of the module docstring. ``row``: the forward's RowStats; (s0, z0, cps): its
-    segment start states and tiles per segment (of meta's BT tokens); ``grads``: the output buffers (dq, dk,
-    dv, dfq, dfk, dd, dm) to fill."""
+def split_backward(q, k, v, fq, fk, logit, do, o, row, s0, z0, cps, grads, *, window, scale, meta):
+    """Launch the five steps of the module docstring. logit: window_logit [H] contiguous; ``row``: the
+    forward's RowStats; (s0, z0, cps): its segment start states and tiles per segment (of meta's BT tokens);
+    ``grads``: the output buffers (dq, dk, dv, dfq, dfk, dd, dm, d_logit) to fill."""
     B, H, T, _ = q.shape
-    dq, dk, dv, dfq, dfk, dd, dm = grads
+    dq, dk, dv, dfq, dfk, dd, dm, d_logit = grads
     n_seg, BT = s0.shape[1], meta["BT"]
     win = {name: meta[name] for name in ("H", "GK", "GV", "K", "V", "BT", "BK", "BV", "PREC", "LOWP")}
     lin = {name: meta[name] for name in ("H", "GV", "F", "V", "BF", "BV", "PREC", "LOWP")}
@@ -240,18 +247,20 @@ def split_backward(q, k, v, fq, fk, gamma, do, o, row, s0, z0, cps, grads, *, wi
     tiles = (triton.cdiv(T, BT), B * H)
     launch(
         window_dq_kernel, tiles,
-        q, k, v, do, gamma, o, *o.stride()[:3], row.u, dq, row.den, dd, row.mx, row.amax, dm, T, window, scale, **win,
+        q, k, v, do, logit, o, *o.stride()[:3], row.u, dq, row.den, dd, row.mx, row.amax, dm, T, window, scale, **win,
     )  # fmt: skip
     p0, r0 = _reverse_states(fq, do, row, dd, T, window, "tk", BT, cps, n_seg, meta)  # needs dd
     launch(
         window_dkv_kernel, tiles,
-        q, k, v, do, *o.stride()[:3], gamma, row.den, dd, row.mx, row.amax, dm, dk, dv, T, window, scale, **win,
+        q, k, v, do, *o.stride()[:3], logit, row.den, dd, row.mx, row.amax, dm, dk, dv, T, window, scale, **win,
     )  # fmt: skip
     launch(
         linear_dkv_kernel, (n_seg, B * H),
-        fq, fk, v, do, *o.stride()[:3], p0, r0, row.den, dd, dfk, dv, T, window, n_seg, CPS=lin_cps, **lin,
+        fq, fk, v, do, *o.stride()[:3], p0, r0, row.den, dd, dfk, dv, T, window, n_seg, CPS=lin_cps,
+        FOLD=fold_mode(n_seg, FOLD_SUFFIX_INCLUSIVE), **lin,
     )  # fmt: skip
     launch(
         linear_dq_kernel, (n_seg, B * H),
-        fk, v, do, *o.stride()[:3], s0, z0, row.den, dd, dfq, T, window, n_seg, CPS=lin_cps, **lin,
+        fk, v, do, *o.stride()[:3], s0, z0, row.den, dd, dfq, dm, logit, d_logit, T, window, n_seg, CPS=lin_cps,
+        FOLD=fold_mode(n_seg, FOLD_PREFIX), **lin,
     )  # fmt: skip

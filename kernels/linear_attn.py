@@ -79,9 +79,13 @@ from ._tl_helpers import (
     store_rows,
 )
 from ._utils import (
+    FOLD_PREFIX,
+    FOLD_SUFFIX,
     autotune_configs,
     block,
+    call_signature,
     check_chunk_size,
+    check_once,
     check_projection,
     check_segment_chunks,
     check_same_dtype_device,
@@ -89,7 +93,7 @@ from ._utils import (
     dot_precision,
 )
 from .hedgehog_map import hedgehog_map_fits, project_back
-from .segments import bounds_tensor, plan_segments, segment_states
+from .segments import bounds_tensor, fold_mode, plan_segments, segment_states
 
 LINEAR_EPS = 1e-12
 
@@ -133,7 +137,7 @@ def linear_attn_fwd_kernel(
     q, k, v, wq, wk, s0, z0, o, den, T, eps, NSEG,
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
-    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BV), NSEG, B*H): segment i_s of chunks [i_s CPS, (i_s + 1) CPS), starting from the
     state (s0, z0) of all earlier segments. q, k: [B, H, T, K] (features when not HEDGEHOG, K = F). Writes
@@ -154,7 +158,7 @@ def linear_attn_fwd_kernel(
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)  # [BK, BF]
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
     # sum_j fk_j v_j^T [BF, BV] and sum_j fk_j [BF] over the earlier segments
-    b_S, b_z = load_segment_state(s0, z0, i_bq * NSEG + i_s, BF, BVS, i_v * BV, BV)
+    b_S, b_z = load_segment_state(s0, z0, i_bq, i_s, NSEG, BF, BVS, i_v * BV, BV, FOLD)
     o_c = tl.arange(0, BT)
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
     for i_t in range(t_lo, t_hi):
@@ -184,6 +188,7 @@ def linear_attn_bwd_dq_kernel(
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FZ: tl.constexpr, BFZ: tl.constexpr,
+    FOLD: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of one segment, grid (NSEG, B*H), from the forward's output y and normaliser den: write
     dd [B, H, T] and dq [B, H, T, GW]: dfq (GW = F), or with the fused map the gradient of z = q W (GW = f;
@@ -209,8 +214,7 @@ def linear_attn_bwd_dq_kernel(
         i_h = (i_bh % H).to(tl.int64)
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)  # [BK, BF]
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
-    i_seg = i_bq * NSEG + i_s
-    b_S, b_z = load_segment_state(s0, z0, i_seg, BF, BV, 0, BV)
+    b_S, b_z = load_segment_state(s0, z0, i_bq, i_s, NSEG, BF, BV, 0, BV, FOLD)
     o_c = tl.arange(0, BT)
     m_causal = o_c[:, None] >= o_c[None, :]
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
@@ -254,6 +258,7 @@ def linear_attn_bwd_dkv_kernel(
     H: tl.constexpr, GK: tl.constexpr, GV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, FH: tl.constexpr,
     CPS, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, GW: tl.constexpr,
     HEDGEHOG: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr, FZ: tl.constexpr, BFZ: tl.constexpr,
+    FOLD: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan of one segment, grid (NSEG, B*H), from the reverse state (p0, r0) of all later
     segments: dv and dk [B, H, T, GW] per query head (dfk, or the gradient of z = k W with the fused
@@ -275,9 +280,8 @@ def linear_attn_bwd_dkv_kernel(
         i_h = (i_bh % H).to(tl.int64)
         b_wq = load_w2(wq + i_h * K * FH, K, FH, BK, BF, DT)
         b_wk = load_w2(wk + i_h * K * FH, K, FH, BK, BF, DT)
-    i_seg = i_bq * NSEG + i_s
     # sum_{i in later chunks} fq_i dn_i^T [BF, BV] and sum_{i in later chunks} dd_i fq_i [BF]
-    b_P, b_r = load_segment_state(p0, r0, i_seg, BF, BV, 0, BV)
+    b_P, b_r = load_segment_state(p0, r0, i_bq, i_s, NSEG, BF, BV, 0, BV, FOLD)
     o_c = tl.arange(0, BT)
     m_causal = o_c[:, None] >= o_c[None, :]  # [i, j]: j <= i
     t_lo, t_hi = segment_chunks(i_s, CPS, T, BT)
@@ -374,7 +378,7 @@ def linear_attn_fwd(q, k, v, wq=None, wk=None, *, eps=LINEAR_EPS, chunk_size=32,
         linear_attn_fwd_kernel, grid,
         q, k, v, q if wq is None else wq, k if wk is None else wk, s0, z0, o, den, T, eps, n_seg,
         H=H, GK=GK, GV=GV, CPS=cps, BV=BV, BVS=BVS, HEDGEHOG=wq is not None,
-        PREC=dot_precision(q.dtype), LOWP=_lowp(q, wq, dict(sz, BV=BVS)), **sz,
+        PREC=dot_precision(q.dtype), LOWP=_lowp(q, wq, dict(sz, BV=BVS)), FOLD=fold_mode(n_seg, FOLD_PREFIX), **sz,
     )  # fmt: skip
     return o, (den, s0, z0, cps)
 
@@ -409,10 +413,12 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32, p
     common = dict(H=H, GK=GK, GV=GV, CPS=cps, GW=GW, HEDGEHOG=hedgehog, PREC=dot_precision(q.dtype),
                   LOWP=_lowp(q, wq, sz), FZ=phi_half, BFZ=block(phi_half) if phi_half else 16, **sz)  # fmt: skip
     wq_, wk_ = (wq, wk) if hedgehog else (q, k)  # placeholders, never read when unfused
-    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg, **common)
+    launch(linear_attn_bwd_dq_kernel, (n_seg, B * H), q, k, v, do, y, wq_, wk_, s0, z0, dq, den, dd, T, n_seg,
+           FOLD=fold_mode(n_seg, FOLD_PREFIX), **common)  # fmt: skip
     # reverse states: P = sum fq dn^T, r = sum dd fq over each segment's queries, then over later segments
     p0, r0 = segment_states(q, wq, do, bounds, GX=1, GY=1, den=den, dd=dd, **sargs)
-    launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg, **common)
+    launch(linear_attn_bwd_dkv_kernel, (n_seg, B * H), q, k, v, do, wq_, wk_, p0, r0, den, dd, dk, dv, T, n_seg,
+           FOLD=fold_mode(n_seg, FOLD_SUFFIX), **common)  # fmt: skip
     if GV > 1:
         dv = dv.view(B, H // GV, GV, T, v.shape[-1]).sum(2).to(v.dtype)  # [B, VH, T, D]
     if not hedgehog:
@@ -487,7 +493,8 @@ def linear_attn(
             fill the GPU. Results agree across choices up to fp32 rounding.
     Returns: y [B, H, T, D] in v's dtype.
     """
-    _check_common(v, eps, chunk_size, segment_chunks, fq=fq, fk=fk)
+    check_once(call_signature("linear_attn", fq, fk, v, eps, chunk_size, segment_chunks),
+               lambda: _check_common(v, eps, chunk_size, segment_chunks, fq=fq, fk=fk))  # fmt: skip
     return LinearAttnFunction.apply(
         fq.contiguous(), fk.contiguous(), v.contiguous(), None, None, eps, chunk_size, segment_chunks
     )
@@ -533,14 +540,18 @@ def hedgehog_linear_attn(
         fuse_map: True (fused), False (staged) or None (by length, above).
     Returns: y [B, H, T, D] in v's dtype.
     """
-    _check_common(v, eps, chunk_size, segment_chunks, q=q, k=k)
+    def check():
+        _check_common(v, eps, chunk_size, segment_chunks, q=q, k=k)
+        for name, w in (("wq", wq), ("wk", wk)):
+            check_projection(name, w, "q", q)
+        if wq.shape != wk.shape:
+            raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
+        if fuse_map not in (None, True, False):
+            raise ValueError(f"fuse_map must be True, False or None (by length), got {fuse_map!r}")
+
+    check_once(call_signature("hedgehog_linear_attn", q, k, v, wq, wk, eps, chunk_size, segment_chunks, fuse_map),
+               check)  # fmt: skip
     H, T, K = q.shape[1], q.shape[2], q.shape[3]
-    for name, w in (("wq", wq), ("wk", wk)):
-        check_projection(name, w, "q", q)
-    if wq.shape != wk.shape:
-        raise ValueError(f"wq and wk must have the same shape, got {tuple(wq.shape)} and {tuple(wk.shape)}")
-    if fuse_map not in (None, True, False):
-        raise ValueError(f"fuse_map must be True, False or None (by length), got {fuse_map!r}")
     fits = fused_hedgehog_fits(K, wq.shape[-1], q.dtype)
     if fuse_map and not fits:
         raise ValueError(

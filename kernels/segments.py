@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ._launch import launch, launch_jit
 from ._tl_helpers import dot, hedgehog_fwd, load_rows, load_rows_strided, load_w2, strided_head_offset
-from ._utils import autotune_configs, check_segment_chunks, multiprocessors
+from ._utils import FOLD_NONE, autotune_configs, check_segment_chunks, multiprocessors
 
 _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=8, num_stages=2),
@@ -139,6 +139,27 @@ def _one_segment_suffices(n_chunks: int, n_seg: int, n_bh: int, sms: int) -> boo
     return waves_x_chunks(1) <= waves_x_chunks(n_seg)
 
 
+# Up to this many segments, the kernels that start from segment states add up the per-segment sums they need
+# themselves (_tl_helpers.load_segment_state's FOLD) and no scan kernel runs: one launch fewer per direction,
+# which below 8k tokens, where the host sets the time (benchmarks/README.md), is what counts. Each program
+# then reads at most FOLD_MAX_SEGMENTS - 1 states of [F, D] fp32 (64 KB at F = D = 128, from L2, before its
+# first chunk); the scan kernel it replaces reads and writes every state once. With more segments (16k tokens
+# and up at 32 heads) the scan stays: there the kernels set the time and the reads would grow with NSEG^2.
+FOLD_MAX_SEGMENTS = 8
+
+
+def fold_segments(n_seg: int) -> bool:
+    """Whether the consumers of a plan of ``n_seg`` segments fold the per-segment sums themselves (no scan):
+    1 < n_seg <= FOLD_MAX_SEGMENTS (one segment starts from nothing and needs neither)."""
+    return 1 < n_seg <= FOLD_MAX_SEGMENTS
+
+
+def fold_mode(n_seg: int, mode: int) -> int:
+    """The FOLD argument for a kernel that reads states of an ``n_seg``-segment plan: ``mode`` (FOLD_PREFIX,
+    FOLD_SUFFIX or FOLD_SUFFIX_INCLUSIVE, the sum its segment starts from) when the plan folds, else FOLD_NONE."""
+    return mode if fold_segments(n_seg) else FOLD_NONE
+
+
 def bounds_tensor(pairs, device) -> torch.Tensor:
     """[(lo, hi), ...] -> [NSEG, 2] int32 with hi >= lo (empty ranges allowed). Callers cache the result per
     shape (functools.lru_cache): copying from the host to a CUDA device waits for the work queued before it,
@@ -167,6 +188,7 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
                    inclusive=False):  # fmt: skip
     """The state each segment starts from: segment_state_kernel's per-segment sums, then one scan over them
     (prefix sums forward; suffix sums in reverse, i.e. when den, dd are given), exclusive or ``inclusive``.
+    When the plan folds (:func:`fold_segments`), the per-segment sums unscanned: the consumers add them up.
 
     Returns views (S [B*H, NSEG, BF, BV], z [B*H, NSEG, BF]) fp32 of one buffer [B*H, NSEG, BF*BV + BF]
     (``split_states``), so that one scan launch covers both."""
@@ -186,7 +208,8 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
         H=H, GX=GX, GY=GY, K=x.shape[-1], V=y.shape[-1], FH=FH, BT=BT, BK=BK, BF=BF, BV=BV,
         HEDGEHOG=w is not None, REVERSE=reverse, PREC=prec, LOWP=lowp,
     )  # fmt: skip
-    scan_segments_(states, reverse=reverse, inclusive=inclusive)
+    if not fold_segments(n_seg):
+        scan_segments_(states, reverse=reverse, inclusive=inclusive)
     return S, z
 
 

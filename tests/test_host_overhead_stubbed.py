@@ -42,3 +42,19 @@ def test_kept_mode_times_the_launch_path_on_bench_ops(tmp_path):
         assert rec["kept_launches_per_call"] == {"linear": 3, "hybrid": 5}[op], rec
         assert all(0 < us < 200_000 for us in rec["us_per_call"]), rec["us_per_call"]
         assert f"of {op}, kept launch path timed" in proc.stdout
+
+
+def test_gpu_plan_counts_a_gpu_calls_launches(tmp_path):
+    """--gpu-plan: segments as on a 132-SM GPU. At 4k tokens and 32 heads that is 8 segments, which the kernels
+    fold themselves (segments.FOLD_MAX_SEGMENTS): two segment-state launches and no scan join the one-segment
+    plan's kernels (hybrid 5 -> 7, linear 3 -> 5); with a scan per direction it would be 9 and 7."""
+    for op, launches in (("hybrid", 7), ("linear", 5)):
+        out = tmp_path / f"{op}.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--gpu-plan", "--op", op,
+             "--T", "4096", "--calls", "2", "--repeats", "1", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rec = json.loads(out.read_text())
+        assert rec["gpu_plan"] and rec["kept_launches_per_call"] == launches, rec

@@ -278,8 +278,8 @@ def test_hybrid_row_stats(kind, sinks):
     q, k, v, fq, fk, logit = xs
     gamma = torch.sigmoid(logit)
     cfg = dict(window=16, kind=kind, sink_tokens=sinks, scale=12**-0.5, chunk_size=16)
-    y, states, row = hybrid_attn_fwd(q, k, v, fq, fk, gamma, stats=True, **cfg)
-    y_plain, _, none = hybrid_attn_fwd(q, k, v, fq, fk, gamma, stats=False, **cfg)
+    y, states, row = hybrid_attn_fwd(q, k, v, fq, fk, logit, stats=True, **cfg)
+    y_plain, _, none = hybrid_attn_fwd(q, k, v, fq, fk, logit, stats=False, **cfg)
     assert none is None and torch.equal(y, y_plain)
     # naive statistics, fp32
     pos = torch.arange(70)
@@ -299,8 +299,8 @@ def test_hybrid_row_stats(kind, sinks):
     assert torch.equal(row.amax.long(), s.masked_fill(~in_w, -math.inf).argmax(-1))
     # negative control: u is not the window share of y (the quantity it replaces has the cancellation)
     assert rel_rms(u, nw / den[..., None]) > 0.1
-    saved = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, o=y, states=states, row=row, **cfg)
-    again = hybrid_attn_bwd(q, k, v, fq, fk, gamma, do, **cfg)
+    saved = hybrid_attn_bwd(q, k, v, fq, fk, logit, do, o=y, states=states, row=row, **cfg)
+    again = hybrid_attn_bwd(q, k, v, fq, fk, logit, do, **cfg)
     for name, a_, b_ in zip(NAMES, saved, again):
         assert torch.equal(a_, b_), name
 
@@ -347,6 +347,27 @@ def test_hybrid_bad_inputs():
         triton_hybrid_attn(*xs, window=4, sink_tokens=-1)
     with pytest.raises(ValueError, match=r"^k has dtype torch.float16 but q has torch.float32"):
         triton_hybrid_attn(q, k.half(), v, fq, fk, logit, window=4)
+
+
+def test_hybrid_checks_run_once_per_call_signature(monkeypatch):
+    """The argument checks run on the first call of each signature (shapes, dtypes, devices, options; host
+    time below 8k tokens) and again for any other: a bool where an int was checked is still rejected."""
+    import lolcats_lab.kernels.hybrid_attn as ha
+
+    checks = []
+    real = ha.check_hybrid_args
+    monkeypatch.setattr(ha, "check_hybrid_args", lambda *a, **kw: checks.append(1) or real(*a, **kw))
+    xs, _ = make_inputs(1, 2, 8, 4, 6, 5, torch.float32, seed=11)  # a shape no other test here uses
+    triton_hybrid_attn(*xs, window=1, chunk_size=16)
+    triton_hybrid_attn(*xs, window=1, chunk_size=16)
+    assert len(checks) == 1
+    triton_hybrid_attn(*[x[:, :, :7] for x in xs[:5]], xs[5], window=1, chunk_size=16)  # another length
+    assert len(checks) == 2
+    with pytest.raises(ValueError, match=r"^window must be an int >= 1"):
+        triton_hybrid_attn(*xs, window=True, chunk_size=16)
+    q, k, v, fq, fk, logit = xs
+    with pytest.raises(ValueError, match=r"^fq has \[B, H, T\] = \(1, 1, 8\) but q has \(1, 2, 8\)"):
+        triton_hybrid_attn(q, k, v, fq[:, :1], fk[:, :1], logit, window=1, chunk_size=16)
 
 
 # --------------------------------------------------------------------------------------- GPU (bf16, large)

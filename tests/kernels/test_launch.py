@@ -191,6 +191,13 @@ def test_argument_signature():
         ("i", False, False, True, False),
     )
     assert argument_signature([None]) is None
+    # a Parameter is keyed as a tensor; another tensor subclass is not modelled (Triton's own path)
+    assert argument_signature([torch.nn.Parameter(x)]) == ((torch.float32, True),)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    assert argument_signature([x.as_subclass(Tagged)]) is None
 
 
 @triton.jit
