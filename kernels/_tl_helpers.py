@@ -127,6 +127,13 @@ def load_segment_state(s0, z0, row, i_s, NSEG, BF: tl.constexpr, BVS: tl.constex
 
 
 @triton.jit
+def window_gamma(logit, h):
+    """gamma_h = sigmoid(window_logit[h]) in fp32, from the hybrid's logits [H] in any float dtype (SPEC.md):
+    taken in the kernels, so no launch computes gamma first."""
+    return tl.sigmoid(tl.load(logit + h).to(tl.float32))
+
+
+@triton.jit
 def segment_chunks(i_s, CPS, T, BT: tl.constexpr):
     """[first, end) chunk indices of segment i_s: CPS chunks of BT tokens, the last segment cut at T."""
     return i_s * CPS, tl.minimum((i_s + 1) * CPS, tl.cdiv(T, BT))

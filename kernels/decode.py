@@ -43,6 +43,7 @@ import triton.language as tl
 
 from ._launch import launch_jit
 from ._tl_helpers import load_rows as _rows
+from ._tl_helpers import window_gamma
 from ._utils import block, check_same_dtype_device, check_tensor, dot_precision, is_interpreter
 
 
@@ -144,7 +145,7 @@ def _online(b_m, b_acc, b_l, b_s, b_vr, DOTS: tl.constexpr, DT: tl.constexpr, PR
 
 @triton.jit(do_not_specialize=["W", "NS"])
 def hybrid_decode_kernel(
-    q, k, v, fq, fk, gam, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
+    q, k, v, fq, fk, logit, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
     LIN: tl.constexpr, PREC: tl.constexpr, DOTS: tl.constexpr,
@@ -154,7 +155,7 @@ def hybrid_decode_kernel(
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
-    gamma = tl.load(gam + i_bh % H)
+    gamma = window_gamma(logit, i_bh % H)  # sigmoid of the logit
     q += i_bh64 * K
     k += i_bh64 * K
     fq += i_bh64 * F
@@ -411,12 +412,11 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
     if cache.positions.dtype != torch.int64 or cache.positions.device != q.device:
         raise ValueError(f"cache.positions must be int64 on {q.device}, got {cache.positions.dtype} on "
                          f"{cache.positions.device}")  # fmt: skip
-    gamma = torch.sigmoid(window_logit.float()).contiguous()
     scale = K**-0.5 if scale is None else float(scale)
     y = torch.empty_like(v)
     launch_jit(
         hybrid_decode_kernel, (B * H,),
-        q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), gamma,
+        q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit.contiguous(),
         cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),

@@ -64,7 +64,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tl_helpers import dot as _dot
-from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset
+from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset, window_gamma
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
@@ -135,12 +135,6 @@ def _reverse_start(c0, T, W, BT: tl.constexpr, TK: tl.constexpr):
     else:
         Q1 = c0 + BT - 1 + W
     return tl.minimum(Q1, T)
-
-
-@triton.jit
-def window_gamma(logit, h):
-    """gamma_h = sigmoid(window_logit[h]) in fp32, from the logits [H] in any float dtype (SPEC.md)."""
-    return tl.sigmoid(tl.load(logit + h).to(tl.float32))
 
 
 @triton.jit

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tl_helpers import dot as _dot
-from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset
+from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset, window_gamma
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
@@ -49,7 +49,6 @@ from .hybrid_attn import (
     _reverse_states,
     _row_gradients,
     forward_tile,
-    window_gamma,
     window_logit_grad,
 )
 from .segments import fold_mode
