@@ -41,6 +41,11 @@
 #   8b-gen    bench_8b.py section d at 32k and 2k prompts (eager and CUDA-graph harness)
 #   graphed   graphed_vs_eager.py at 1k / 4k / 8k: each op's forward+backward eager, replayed from a CUDA graph, and
 #             its host time alone, beside SDPA and fla (how much of the time below 8k is the host)
+#   host      the 4k host-time work (session 13, not yet run on a GPU): graphed_vs_eager.py at 1k / 4k for SDPA and our
+#             ops, each checked at 2048 tokens first (4 segments, which the kernels fold), then host_breakdown.py at
+#             4k (host time without the launcher / without launches, unit costs), then a py-spy profile of the hybrid
+#             when py-spy's wheel is in .whl/; with BASELINE=<folder from baseline_tree.sh> the graphed step also
+#             runs that code, in its own process, for a same-machine comparison
 #   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
 #             PyTorch forms; linear layers take the staged Hedgehog op)
@@ -180,6 +185,20 @@ for step in "$@"; do
                 --section MemoryWorkloadAnalysis python3 benchmarks/ncu_stage2_kernels.py --decode ;;
         graphed)
             run 360 graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 8192 --out "$OUT/graphed.json" ;;
+        host)
+            HOST_OPS="sdpa triton_linear triton_hedgehog_f64 triton_hybrid_tk"
+            run 200 host-graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 --check-t 2048 \
+                --providers $HOST_OPS --out "$OUT/host-graphed.json"
+            if [ -n "${BASELINE:-}" ]; then
+                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 200 host-graphed-baseline \
+                    python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 --check-t 2048 --providers $HOST_OPS \
+                    --out "$OUT/host-graphed-baseline.json"
+            fi
+            run 90 host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --out "$OUT/host-breakdown.json"
+            if [ -x /tmp/site/bin/py-spy ]; then
+                run 60 host-pyspy /tmp/site/bin/py-spy record --native -r 500 -f raw -o "$OUT/pyspy-hybrid.txt" -- \
+                    python3 benchmarks/host_breakdown.py --loop 6 --op hybrid
+            fi ;;
         tests-graph)
             run 300 tests-graph python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py --timeout 120 \
                 -p no:cacheprovider -rA -q ;;

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import err_str, med  # noqa: E402
+import bench_attention  # noqa: E402
 from bench_attention import check, environment, make_providers  # noqa: E402
 from profile_kernels import fwd_bwd_call  # noqa: E402
 
@@ -50,15 +51,15 @@ def capture(run):
     return graph
 
 
-def host_ms(run, samples: int = 5) -> float:
-    """Median host time per call: HOST_CALLS calls issued back to back, timed before the synchronise."""
+def host_ms(run, samples: int = 5, calls: int = HOST_CALLS) -> float:
+    """Median host time per call: ``calls`` calls issued back to back, timed before the synchronise."""
     times = []
     for _ in range(samples):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(HOST_CALLS):
+        for _ in range(calls):
             run()
-        times.append((time.perf_counter() - t0) / HOST_CALLS * 1e3)
+        times.append((time.perf_counter() - t0) / calls * 1e3)
         torch.cuda.synchronize()
     return med(times)
 
@@ -101,15 +102,20 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 8192])
     ap.add_argument("--providers", nargs="+", default=DEFAULT_PROVIDERS)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--check-t", type=int, help="tokens of the correctness check (bench_attention.CHECK_T, default "
+                    "512: one segment on a GPU; 2048 checks a plan of 4 segments, which the kernels fold)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("graphed_vs_eager.py needs a CUDA GPU; nothing to do here.")
         return 0
+    if args.check_t:
+        bench_attention.CHECK_T = args.check_t
     providers = make_providers()
     unknown = [p for p in args.providers if p not in providers]
     if unknown:
         print(f"skipping providers not available here: {unknown}", file=sys.stderr)
-    out = dict(env=environment(), what=__doc__.split("\n\n")[0], host_calls=HOST_CALLS, checks={}, rows=[])
+    out = dict(env=environment(), what=__doc__.split("\n\n")[0], host_calls=HOST_CALLS,
+               check_T=bench_attention.CHECK_T, checks={}, rows=[])  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in [p for p in args.providers if p in providers]:
         make, fn, ref = providers[name]

@@ -30,23 +30,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import med  # noqa: E402
+from graphed_vs_eager import host_ms  # noqa: E402
 
 OPS = {"sdpa": "sdpa", "linear": "triton_linear", "hedgehog": "triton_hedgehog_f64", "hybrid": "triton_hybrid_tk"}
 CALLS = 20  # calls per sample
 
 
 def host_us(run, samples: int = 7, calls: int = CALLS) -> float:
-    """Median host microseconds per call: ``calls`` calls back to back, timed before synchronising."""
-    times = []
-    for _ in range(samples):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            run()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-        torch.cuda.synchronize()
-    return round(med(times), 1)
+    """Median host microseconds per call (graphed_vs_eager.host_ms: calls back to back, timed before
+    synchronising)."""
+    return round(host_ms(run, samples, calls) * 1e3, 1)
 
 
 class _StandInKernel:

@@ -17,7 +17,8 @@ of each launch are timed too (on the GPU machine about 20 us of signature per la
 profile). ``--op``: "stage2" (default, above), or bench_attention.py's "hybrid" (tk window 64) / "linear"
 (precomputed features) / "hedgehog" (the default Hedgehog op, f = 64) at its shapes (bf16, batch 1, 32
 heads, head dim 128, 128 features), every input with a gradient. ``--gpu-plan``: segments as on an H100 /
-H200 (8 segments at 4k tokens), so the launches are a GPU call's.
+H200 (8 segments at 4k tokens), so the launches are a GPU call's; ``--segments 8 --T 512``: the same launches
+with small CPU allocations (at 4k tokens they take most of the time timed here).
 """
 
 from __future__ import annotations
@@ -82,21 +83,44 @@ def plan_as_on_gpu(sms: int = 132) -> None:
     (e.g. 8 segments at 4k tokens and 32 heads, where the interpreter's plan has one)."""
     from types import SimpleNamespace
 
-    import lolcats_lab.kernels.hedgehog_linear  # noqa: F401  (imports linear_attn)
-    import lolcats_lab.kernels.hybrid_attn  # noqa: F401
     import lolcats_lab.kernels.segments as sg
 
     real = sg.plan_segments
     sg.multiprocessors = lambda device, *a: sms
-    sg.plan_segments = lambda T, chunk_size, n_bh, device, segment_chunks=None: real(
+    _patch_plan(real, lambda T, chunk_size, n_bh, device, segment_chunks=None: real(
         T, chunk_size, n_bh, SimpleNamespace(type="cuda"), segment_chunks
-    )
-    for name, module in list(sys.modules.items()):
-        if name.startswith("lolcats_lab.kernels") and getattr(module, "plan_segments", None) is real:
-            module.plan_segments = sg.plan_segments
+    ))  # fmt: skip
 
 
 # --op -> bench_attention.py provider
+def plan_segments_as(n_seg: int) -> None:
+    """Cut every sequence into ``n_seg`` segments (as many as fit: at least one chunk each): a GPU call's launch
+    structure at a small T, where the CPU allocations this script also times stay small (at T = 4096 they
+    are tens of MB each here, and their time swamps the launch path's; on a GPU they come from a cache)."""
+    import math
+
+    import lolcats_lab.kernels.segments as sg
+
+    real = sg.plan_segments
+
+    def plan(T, chunk_size, n_bh, device, segment_chunks=None):
+        n_chunks = max(1, math.ceil(T / chunk_size))
+        return real(T, chunk_size, n_bh, device, segment_chunks or math.ceil(n_chunks / min(n_seg, n_chunks)))
+
+    _patch_plan(real, plan)
+
+
+def _patch_plan(real, plan) -> None:
+    import lolcats_lab.kernels.hedgehog_linear  # noqa: F401  (imports linear_attn)
+    import lolcats_lab.kernels.hybrid_attn  # noqa: F401
+    import lolcats_lab.kernels.segments as sg
+
+    sg.plan_segments = plan
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lolcats_lab.kernels") and getattr(module, "plan_segments", None) is real:
+            module.plan_segments = plan
+
+
 BENCH_OPS = {"hybrid": "triton_hybrid_tk", "linear": "triton_linear", "hedgehog": "triton_hedgehog_f64"}
 
 
@@ -129,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--op", choices=["stage2", *BENCH_OPS], default="stage2")
     ap.add_argument("--gpu-plan", action="store_true", help="segment plans as on a 132-SM GPU (plan_as_on_gpu)")
+    ap.add_argument("--segments", type=int, help="cut every sequence into this many segments (plan_segments_as)")
     ap.add_argument("--kept", action="store_true", help="time _launch's kept path too (stand-in compiled kernels)")
     args = ap.parse_args(argv)
     import torch
@@ -139,6 +164,8 @@ def main(argv=None) -> int:
         keep_stand_in_kernels()
     if args.gpu_plan:
         plan_as_on_gpu()
+    if args.segments:
+        plan_segments_as(args.segments)
     call = stage2_call(args.T) if args.op == "stage2" else bench_call(args.op, args.T)
     for _ in range(20):
         call()
@@ -156,8 +183,8 @@ def main(argv=None) -> int:
     print(f"host us per forward+backward of {args.op}, {what} (T={args.T}): min {us[0]:.0f}, "
           f"median {us[len(us) // 2]:.0f}" + (f"; {launches} launches per call" if args.kept else ""))  # fmt: skip
     if args.out:
-        rec = dict(op=args.op, kept=args.kept, gpu_plan=args.gpu_plan, T=args.T, calls=args.calls,
-                   us_per_call=[round(u, 1) for u in us],
+        rec = dict(op=args.op, kept=args.kept, gpu_plan=args.gpu_plan, segments=args.segments, T=args.T,
+                   calls=args.calls, us_per_call=[round(u, 1) for u in us],
                    kept_launches_per_call=launches,
                    cpu=platform.processor() or platform.machine(), torch=torch.__version__)  # fmt: skip
         args.out.write_text(json.dumps(rec, indent=1))
