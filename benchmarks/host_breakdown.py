@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import StandInKernel  # noqa: E402
 from graphed_vs_eager import host_ms  # noqa: E402
 
 OPS = {"sdpa": "sdpa", "linear": "triton_linear", "hedgehog": "triton_hedgehog_f64", "hybrid": "triton_hybrid_tk"}
@@ -40,16 +41,6 @@ def host_us(run, samples: int = 7, calls: int = CALLS) -> float:
     """Median host microseconds per call (graphed_vs_eager.host_ms: calls back to back, timed before
     synchronising)."""
     return round(host_ms(run, samples, calls) * 1e3, 1)
-
-
-class _StandInKernel:
-    """A kept compiled kernel whose run returns at once (counts its calls)."""
-
-    function = packed_metadata = None
-    runs = 0
-
-    def run(self, *args):
-        _StandInKernel.runs += 1
 
 
 def _kernel_modules():
@@ -63,10 +54,10 @@ def variants(run) -> dict:
     out = dict(full_us=host_us(run))
     kept = dict(L._COMPILED)
     L._COMPILED.clear()
-    L._COMPILED.update({k: (_StandInKernel(), tail) for k, (_, tail) in kept.items()})
-    _StandInKernel.runs = 0
+    L._COMPILED.update({k: (StandInKernel(), tail) for k, (_, tail) in kept.items()})
+    StandInKernel.runs = 0
     run()
-    out["kept_launches_per_call"] = _StandInKernel.runs
+    out["kept_launches_per_call"] = StandInKernel.runs
     out["stand_in_us"] = host_us(run)
     L._COMPILED.clear()
     L._COMPILED.update(kept)

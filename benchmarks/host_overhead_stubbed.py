@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors pass the kernels' device checks; nothing is interpreted
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import StandInKernel  # noqa: E402
 
 
 def stub_launches(keep_launch: bool = False) -> None:
@@ -51,21 +53,12 @@ def stub_launches(keep_launch: bool = False) -> None:
             module.launch = lambda kernel, grid, *args, **kwargs: None
 
 
-STAND_IN_RUNS = [0]  # launches that reached a stand-in kernel (--kept)
-
-
 def keep_stand_in_kernels() -> None:
     """Let every launch through kernels/_launch.py run to its last step: each lookup finds a compiled
     kernel whose ``run`` returns at once (argument signature, lookup and packing are timed; no kernel runs)."""
     import torch
 
     import lolcats_lab.kernels._launch as launch_module
-
-    class StandInKernel:
-        function = packed_metadata = None
-
-        def run(self, *args):
-            STAND_IN_RUNS[0] += 1
 
     class AlwaysKept(dict):
         def get(self, key, default=None):
@@ -169,9 +162,9 @@ def main(argv=None) -> int:
     call = stage2_call(args.T) if args.op == "stage2" else bench_call(args.op, args.T)
     for _ in range(20):
         call()
-    runs_before = STAND_IN_RUNS[0]
+    runs_before = StandInKernel.runs
     call()
-    launches = STAND_IN_RUNS[0] - runs_before  # per call, through the kept path (0 without --kept)
+    launches = StandInKernel.runs - runs_before  # per call, through the kept path (0 without --kept)
     us = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()

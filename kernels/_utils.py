@@ -60,33 +60,28 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-# signatures of calls whose argument checks passed (call_signature): below 8k tokens the host sets the time of a
+# signatures of calls whose argument checks passed (check_once): below 8k tokens the host sets the time of a
 # forward+backward, and the checks of a hybrid call took ~60 us of it on the CPU machine (under cProfile)
 _PASSED_CHECKS: set = set()
 
 
-def call_signature(op: str, *args) -> tuple | None:
-    """What an op's argument checks depend on, hashable: (type, shape, dtype, device) of each tensor, (type,
-    value) of anything else, and whether the interpreter runs (which devices pass); None when an argument
-    cannot be keyed (then the checks always run). Exact types, so True is not taken for 1."""
+def check_once(check, op: str, *args) -> None:
+    """Run ``check()`` (raises on bad input) unless a call of ``op`` with the same signature of ``args`` passed
+    it. The signature is what the checks depend on: (type, shape, dtype, device) of each tensor, (type, value)
+    of anything else, and whether the interpreter runs (which devices pass); exact types, so True is not
+    taken for 1. Arguments that cannot be keyed (an unhashable one, a list say) are checked every time."""
     try:
         key = (op, is_interpreter(), *[(type(a), a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor)
                                        else (type(a), a) for a in args])  # fmt: skip
-        hash(key)
-    except TypeError:  # an unhashable argument (a list, say): not keyed
-        return None
-    return key
-
-
-def check_once(key: tuple | None, check) -> None:
-    """Run ``check()`` (raises on bad input) unless a call with the same :func:`call_signature` passed it."""
-    if key is not None and key in _PASSED_CHECKS:
+        if key in _PASSED_CHECKS:  # hashes the key: TypeError when it cannot be
+            return
+    except TypeError:
+        check()
         return
     check()
-    if key is not None:
-        if len(_PASSED_CHECKS) > 4096:  # e.g. many distinct sequence lengths: start over
-            _PASSED_CHECKS.clear()
-        _PASSED_CHECKS.add(key)
+    if len(_PASSED_CHECKS) > 4096:  # e.g. many distinct sequence lengths: start over
+        _PASSED_CHECKS.clear()
+    _PASSED_CHECKS.add(key)
 
 
 def check_device(name: str, x: torch.Tensor) -> None:

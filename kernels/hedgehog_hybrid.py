@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import call_signature, check_once, check_projection
+from ._utils import check_once, check_projection
 from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward, project_back
 from .hybrid_attn import HYBRID_EPS, check_hybrid_args, save_forward, saved_backward
 
@@ -88,8 +88,8 @@ def hedgehog_hybrid_attn(
                 f"{wq.shape[-1]}; compute the features with lolcats_lab.feature_maps.hedgehog_phi and call hybrid_attn"
             )
 
-    check_once(call_signature("hedgehog_hybrid_attn", q, k, v, wq, wk, window_logit, window, kind, sink_tokens, eps,
-                              chunk_size, segment_chunks), check)  # fmt: skip
+    check_once(check, "hedgehog_hybrid_attn", q, k, v, wq, wk, window_logit, window, kind, sink_tokens, eps,
+               chunk_size, segment_chunks)  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HedgehogHybridFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), wq.contiguous(), wk.contiguous(), window_logit,

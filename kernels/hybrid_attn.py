@@ -74,7 +74,6 @@ from ._utils import (
     FOLD_SUFFIX_INCLUSIVE,
     autotune_configs,
     block,
-    call_signature,
     check_chunk_size,
     check_once,
     check_same_dtype_device,
@@ -821,8 +820,8 @@ def hybrid_attn(
         if fq.shape[:3] != q.shape[:3]:
             raise ValueError(f"fq has [B, H, T] = {tuple(fq.shape[:3])} but q has {tuple(q.shape[:3])}")
 
-    check_once(call_signature("hybrid_attn", q, k, v, fq, fk, window_logit, window, kind, sink_tokens, eps, chunk_size,
-                              segment_chunks), check)  # fmt: skip
+    check_once(check, "hybrid_attn", q, k, v, fq, fk, window_logit, window, kind, sink_tokens, eps, chunk_size,
+               segment_chunks)  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return HybridAttnFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit,

@@ -83,7 +83,6 @@ from ._utils import (
     FOLD_SUFFIX,
     autotune_configs,
     block,
-    call_signature,
     check_chunk_size,
     check_once,
     check_projection,
@@ -493,8 +492,8 @@ def linear_attn(
             fill the GPU. Results agree across choices up to fp32 rounding.
     Returns: y [B, H, T, D] in v's dtype.
     """
-    check_once(call_signature("linear_attn", fq, fk, v, eps, chunk_size, segment_chunks),
-               lambda: _check_common(v, eps, chunk_size, segment_chunks, fq=fq, fk=fk))  # fmt: skip
+    check_once(lambda: _check_common(v, eps, chunk_size, segment_chunks, fq=fq, fk=fk), "linear_attn", fq, fk, v, eps,
+               chunk_size, segment_chunks)  # fmt: skip
     return LinearAttnFunction.apply(
         fq.contiguous(), fk.contiguous(), v.contiguous(), None, None, eps, chunk_size, segment_chunks
     )
@@ -549,8 +548,7 @@ def hedgehog_linear_attn(
         if fuse_map not in (None, True, False):
             raise ValueError(f"fuse_map must be True, False or None (by length), got {fuse_map!r}")
 
-    check_once(call_signature("hedgehog_linear_attn", q, k, v, wq, wk, eps, chunk_size, segment_chunks, fuse_map),
-               check)  # fmt: skip
+    check_once(check, "hedgehog_linear_attn", q, k, v, wq, wk, eps, chunk_size, segment_chunks, fuse_map)
     H, T, K = q.shape[1], q.shape[2], q.shape[3]
     fits = fused_hedgehog_fits(K, wq.shape[-1], q.dtype)
     if fuse_map and not fits:

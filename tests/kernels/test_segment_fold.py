@@ -16,6 +16,7 @@ import lolcats_lab.kernels.segments as segments
 from lolcats_lab.attention.hybrid import naive_hybrid_attn
 from lolcats_lab.attention.linear import naive_linear_attn
 from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
+from lolcats_lab.kernels._utils import FOLD_NONE, FOLD_SUFFIX
 from tests.tolerances import TOLERANCES, check_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,7 +31,7 @@ def test_fold_rule():
     assert not segments.fold_segments(1)  # one segment starts from nothing
     assert segments.fold_segments(2) and segments.fold_segments(segments.FOLD_MAX_SEGMENTS)
     assert not segments.fold_segments(segments.FOLD_MAX_SEGMENTS + 1)
-    assert segments.fold_mode(3, segments.FOLD_NONE + 2) == 2 and segments.fold_mode(1, 2) == segments.FOLD_NONE
+    assert segments.fold_mode(3, FOLD_SUFFIX) == FOLD_SUFFIX and segments.fold_mode(1, FOLD_SUFFIX) == FOLD_NONE
 
 
 def phi(x, w):
