@@ -46,6 +46,7 @@
 #             4k (host time without the launcher / without launches, unit costs), then a py-spy profile of the hybrid
 #             when py-spy's wheel is in .whl/; with BASELINE=<folder from baseline_tree.sh> the graphed step also
 #             runs that code, in its own process, for a same-machine comparison
+#   tests-fold  the GPU tests of the kernels session 13 changed (graph, hybrid, linear, decode; half precision)
 #   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
 #             PyTorch forms; linear layers take the staged Hedgehog op)
@@ -199,6 +200,11 @@ for step in "$@"; do
                 run 60 host-pyspy /tmp/site/bin/py-spy record --native -r 500 -f raw -o "$OUT/pyspy-hybrid.txt" -- \
                     python3 benchmarks/host_breakdown.py --loop 6 --op hybrid
             fi ;;
+        tests-fold)  # the GPU tests of the kernels session 13 changed (folded segment states at 2048 tokens, the
+            # window logit in the hybrid and decode kernels), half precision: a quicker check than tests-half
+            run 200 tests-fold python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py \
+                tests/kernels/test_hybrid_attn_kernel.py tests/kernels/test_linear_attn_kernel.py \
+                tests/kernels/test_decode_kernel.py -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
         tests-graph)
             run 300 tests-graph python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py --timeout 120 \
                 -p no:cacheprovider -rA -q ;;
