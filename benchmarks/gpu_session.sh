@@ -35,6 +35,8 @@
 #             converted linear layer until session 12); f = 128 as called (staged); then fused and staged profiled
 #             at 4k / 16k
 #   staged-quick  the staged Hedgehog op's GPU tests, then it and the fused op beside fla at five lengths (~4 min)
+#   f128      the Hedgehog op at f = 128 (staged) beside fla with the same map applied in PyTorch (needs .whl):
+#             the 256-feature comparison in one call, 1k / 4k / 16k / 64k
 #   hedgehog-configs  the fused Hedgehog op at 6 warps x stages configs, 8k and 16k, beside fla (needs .whl)
 #   ncu-hedgehog  the same for the fused Hedgehog op beside the linear op on precomputed features, 16k tokens
 #   ncu-decode  the same for the decode step (ncu_stage2_kernels.py --decode): a mid-block and a block-start step
@@ -143,6 +145,9 @@ for step in "$@"; do
                 --timeout 90 -p no:cacheprovider -rA -q
             run 200 staged-quick python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 8192 16384 65536 \
                 --providers fla_chunk triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 --out "$OUT/staged-quick.json" ;;
+        f128)  # the Hedgehog op at f = 128 (256 features, the shape) beside fla with the same map in PyTorch
+            run 240 f128 python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 16384 65536 \
+                --providers fla_chunk fla_hedgehog_f128 triton_hedgehog_f128 --out "$OUT/f128.json" ;;
         hedgehog-configs)  # the fused Hedgehog op at each warps x stages config, 8k and 16k, beside fla
             run 300 hedgehog-configs python3 benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 \
                 --out "$OUT/hedgehog-configs.json" ;;
