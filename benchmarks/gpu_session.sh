@@ -47,7 +47,8 @@
 #             ops, each checked at 2048 tokens first (4 segments, which the kernels fold), then host_breakdown.py at
 #             4k (host time without the launcher / without launches, unit costs), then a py-spy profile of the hybrid
 #             when py-spy's wheel is in .whl/; with BASELINE=<folder from baseline_tree.sh> the graphed step also
-#             runs that code, in its own process, for a same-machine comparison
+#             runs that code, in its own process, for a same-machine comparison; HOST_LENGTHS=4096 on a short
+#             lease (default "1024 4096")
 #   tests-fold  the GPU tests of the kernels session 13 changed (graph, hybrid, linear, decode; half precision)
 #   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
@@ -193,11 +194,12 @@ for step in "$@"; do
             run 360 graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 8192 --out "$OUT/graphed.json" ;;
         host)
             HOST_OPS="sdpa triton_linear triton_hedgehog_f64 triton_hybrid_tk"
-            run 200 host-graphed python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 --check-t 2048 \
+            HOST_LENGTHS=${HOST_LENGTHS:-1024 4096}
+            run 200 host-graphed python3 benchmarks/graphed_vs_eager.py --lengths $HOST_LENGTHS --check-t 2048 \
                 --providers $HOST_OPS --out "$OUT/host-graphed.json"
             if [ -n "${BASELINE:-}" ]; then
                 PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 200 host-graphed-baseline \
-                    python3 benchmarks/graphed_vs_eager.py --lengths 1024 4096 --check-t 2048 --providers $HOST_OPS \
+                    python3 benchmarks/graphed_vs_eager.py --lengths $HOST_LENGTHS --check-t 2048 --providers $HOST_OPS \
                     --out "$OUT/host-graphed-baseline.json"
             fi
             run 90 host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --out "$OUT/host-breakdown.json"
