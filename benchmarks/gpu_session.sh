@@ -146,9 +146,11 @@ for step in "$@"; do
                 --timeout 90 -p no:cacheprovider -rA -q
             run 200 staged-quick python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 8192 16384 65536 \
                 --providers fla_chunk triton_hedgehog_fused_f64 triton_hedgehog_staged_f64 --out "$OUT/staged-quick.json" ;;
-        f128)  # the Hedgehog op at f = 128 (256 features, the shape) beside fla with the same map in PyTorch
-            run 240 f128 python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 16384 65536 \
-                --providers fla_chunk fla_hedgehog_f128 triton_hedgehog_f128 --out "$OUT/f128.json" ;;
+        f128)  # the Hedgehog op at f = 128 (256 features, the shape) beside fla with the same map in PyTorch.
+            # Session 15 on a fresh H100: ours and fla_chunk took the whole 240 s, fla_hedgehog_f128 never ran; so
+            # fla_chunk (timed in many calls before) is left out and the limit raised
+            run 330 f128 python3 benchmarks/bench_attention.py --no-decode --lengths 1024 4096 16384 65536 \
+                --providers fla_hedgehog_f128 triton_hedgehog_f128 --out "$OUT/f128.json" ;;
         hedgehog-configs)  # the fused Hedgehog op at each warps x stages config, 8k and 16k, beside fla
             run 300 hedgehog-configs python3 benchmarks/sweep_hedgehog_configs.py --lengths 8192 16384 \
                 --out "$OUT/hedgehog-configs.json" ;;
@@ -209,7 +211,8 @@ for step in "$@"; do
             fi ;;
         tests-fold)  # the GPU tests of the kernels session 13 changed (folded segment states at 2048 tokens, the
             # window logit in the hybrid and decode kernels), half precision: a quicker check than tests-half
-            run 200 tests-fold python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py \
+            # session 15 on a fresh H100: 11 of its 18 tests passed in 200 s (compiling), so a call of its own
+            run 420 tests-fold python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py \
                 tests/kernels/test_hybrid_attn_kernel.py tests/kernels/test_linear_attn_kernel.py \
                 tests/kernels/test_decode_kernel.py -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
         tests-graph)
