@@ -206,7 +206,8 @@ for step in "$@"; do
             fi
             run 90 host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --out "$OUT/host-breakdown.json"
             if [ -x /tmp/site/bin/py-spy ]; then
-                run 60 host-pyspy /tmp/site/bin/py-spy record --native -r 500 -f raw -o "$OUT/pyspy-hybrid.txt" -- \
+                # session 15: at 500 samples/s with --native py-spy fell seconds behind and the step timed out
+                run 90 host-pyspy /tmp/site/bin/py-spy record --native -r 100 -f raw -o "$OUT/pyspy-hybrid.txt" -- \
                     python3 benchmarks/host_breakdown.py --loop 6 --op hybrid
             fi ;;
         tests-fold)  # the GPU tests of the kernels session 13 changed (folded segment states at 2048 tokens, the
