@@ -174,6 +174,14 @@ def _launch_plan(x_shape, w_shape, dtype, device, bt, stages, warps, programs_pe
                            num_warps=warps, num_stages=stages)  # fmt: skip
 
 
+def _bmm_as(a, b, dtype):
+    """torch.bmm(a, b) in ``dtype``: on CUDA, half-precision inputs straight into an fp32 result (cuBLAS's fp32
+    output, ``out_dtype``: no rounding to half precision and no cast kernel after it); elsewhere a cast."""
+    if dtype == torch.float32 and a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a, b).to(dtype)
+
+
 def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
     """The backward of z = x W_h as two GEMMs over the whole sequence (cuBLAS on the GPU).
 
@@ -188,12 +196,17 @@ def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
     XH, K = x.shape[1], x.shape[-1]
     G = H // XH
     dz = dz.to(x.dtype)
+    if B == 1 and G == 1:  # every reshape a view: 10 aten ops for both GEMMs here, 24 by the general path below
+        dz_h = dz.reshape(H, T, f)
+        dw = _bmm_as(x.reshape(H, T, K).transpose(1, 2), dz_h, w.dtype) if need_dw else None  # [H, K, f]
+        dx = torch.bmm(dz_h, w.to(x.dtype).transpose(1, 2)).view(1, H, T, K) if need_dx else None  # [1, H, T, K]
+        return dx, dw
     dz_g = dz.view(B, XH, G, T, f)
     dw = None
     if need_dw:  # [XH, K, B T] @ [XH, B T, G f]: the sum over b and t in one GEMM per key head
         x_f = x.transpose(0, 1).reshape(XH, B * T, K)  # a view when B == 1
         dz_f = dz_g.permute(1, 0, 3, 2, 4).reshape(XH, B * T, G * f)  # a view when B == G == 1
-        dw = torch.bmm(x_f.transpose(1, 2), dz_f).view(XH, K, G, f).transpose(1, 2).reshape(H, K, f).to(w.dtype)
+        dw = _bmm_as(x_f.transpose(1, 2), dz_f, w.dtype).view(XH, K, G, f).transpose(1, 2).reshape(H, K, f)
     dx = None
     if need_dx:  # [B, XH, T, G f] @ [XH, G f, K]: summed over the G heads in the GEMM
         w_f = w.to(x.dtype).view(XH, G, K, f).permute(0, 1, 3, 2).reshape(XH, G * f, K)

@@ -168,3 +168,24 @@ def test_map_reads_grouped_query_heads_in_place():
     assert rel_rms(want[0], map_forward(x[:, [1, 0]].contiguous(), w)) > 0.1  # which x head each map reads
     with pytest.raises(ValueError, match=r"adding into dx needs one x head per map head, got 2 x heads for 6"):
         map_backward(x.contiguous(), w, dphi, dx=torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("B,XH,G", [(1, 3, 1), (2, 3, 1), (1, 2, 3), (2, 2, 3)])
+def test_project_back_matches_einsum(B, XH, G):
+    """project_back's GEMMs (the one-batch, one-head-per-map shortcut and the general folded form) against the
+    einsum of z = x W_h's backward: dx = sum over each x head's G query heads of dz W^T, dw = sum_{b,t} x^T dz;
+    only what is asked for is returned."""
+    from lolcats_lab.kernels.hedgehog_map import project_back
+
+    g = torch.Generator().manual_seed(B * 10 + G)
+    T, K, f = 19, 12, 5
+    x = torch.randn(B, XH, T, K, generator=g).to(DEVICE)
+    w = torch.randn(XH * G, K, f, generator=g).to(DEVICE)
+    dz = torch.randn(B, XH * G, T, f, generator=g).to(DEVICE)
+    x_q = x.repeat_interleave(G, dim=1)  # [B, H, T, K]: each query head's x
+    want_dx = torch.einsum("bhtf,hkf->bhtk", dz, w).view(B, XH, G, T, K).sum(2)
+    want_dw = torch.einsum("bhtk,bhtf->hkf", x_q, dz)
+    dx, dw = project_back(dz, x, w)
+    check_close("dx", want_dx, dx, **TOLERANCES[torch.float32])
+    check_close("dw", want_dw, dw, **TOLERANCES[torch.float32])
+    assert project_back(dz, x, w, need_dx=False)[0] is None and project_back(dz, x, w, need_dw=False)[1] is None
