@@ -11,6 +11,8 @@ here compute on the CPU (on a GPU they only queue a kernel) and Triton's own lau
     python benchmarks/host_overhead_stubbed.py --out benchmarks/results/host-overhead-cpu.json
     python benchmarks/host_overhead_stubbed.py --kept --op hybrid   # bench_attention.py's hybrid, launch path timed
 
+Each run also counts the PyTorch operators one call dispatches (``aten_ops``: views and allocations too).
+
 ``--kept``: instead of stubbing ``launch``, every lookup of kernels/_launch.py's kept compiled kernels hits a
 stand-in whose ``run`` returns at once, so the argument signatures, the lookup and the argument packing
 of each launch are timed too (on the GPU machine about 20 us of signature per launch, session 9's host
@@ -138,6 +140,27 @@ def stage2_call(T: int):
     return fwd_bwd_call(make, fn, T, N_GRAD["stage2_layer"])
 
 
+def count_aten_ops(call) -> dict[str, int]:
+    """PyTorch operators one call dispatches (views, allocations, GEMMs, casts: each one host dispatch on the
+    GPU machine too, whether or not it queues a kernel), by name, most frequent first."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as counter:
+        call()
+    return dict(counter.ops.most_common())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", type=int, default=64, help="tokens (small: CPU allocations stay cheap)")
@@ -165,6 +188,7 @@ def main(argv=None) -> int:
     runs_before = StandInKernel.runs
     call()
     launches = StandInKernel.runs - runs_before  # per call, through the kept path (0 without --kept)
+    aten_ops = count_aten_ops(call)
     us = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -174,11 +198,12 @@ def main(argv=None) -> int:
     us.sort()
     what = "kept launch path timed, kernels stand-ins" if args.kept else "launches stubbed"
     print(f"host us per forward+backward of {args.op}, {what} (T={args.T}): min {us[0]:.0f}, "
-          f"median {us[len(us) // 2]:.0f}" + (f"; {launches} launches per call" if args.kept else ""))  # fmt: skip
+          f"median {us[len(us) // 2]:.0f}" + (f"; {launches} launches per call" if args.kept else "")
+          + f"; {sum(aten_ops.values())} PyTorch ops per call")  # fmt: skip
     if args.out:
         rec = dict(op=args.op, kept=args.kept, gpu_plan=args.gpu_plan, segments=args.segments, T=args.T,
                    calls=args.calls, us_per_call=[round(u, 1) for u in us],
-                   kept_launches_per_call=launches,
+                   kept_launches_per_call=launches, aten_ops_per_call=sum(aten_ops.values()), aten_ops=aten_ops,
                    cpu=platform.processor() or platform.machine(), torch=torch.__version__)  # fmt: skip
         args.out.write_text(json.dumps(rec, indent=1))
     return 0

@@ -58,3 +58,23 @@ def test_gpu_plan_counts_a_gpu_calls_launches(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         rec = json.loads(out.read_text())
         assert rec["gpu_plan"] and rec["kept_launches_per_call"] == launches, rec
+
+
+def test_counts_the_pytorch_ops_of_a_call(tmp_path):
+    """The aten-op count of the Hedgehog op at batch 1 (one x head per map): its projections' backward is four
+    plain bmm (dx and dw per map), with no broadcast matmul (expand / as_strided / _unsafe_view) around them;
+    the count covers every op, views included, and is larger than the linear op's on precomputed features."""
+    recs = {}
+    for op in ("hedgehog", "linear"):
+        out = tmp_path / f"{op}.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--op", op, "--T", "40",
+             "--calls", "1", "--repeats", "1", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        recs[op] = json.loads(out.read_text())
+        assert f"{recs[op]['aten_ops_per_call']} PyTorch ops per call" in proc.stdout
+    ops = recs["hedgehog"]["aten_ops"]
+    assert ops["aten.bmm.default"] == 4 and "aten.expand.default" not in ops, ops
+    assert sum(ops.values()) == recs["hedgehog"]["aten_ops_per_call"] > recs["linear"]["aten_ops_per_call"] > 0
