@@ -50,6 +50,9 @@
 #             runs that code, in its own process, for a same-machine comparison; HOST_LENGTHS=4096 on a short
 #             lease (default "1024 4096")
 #   tests-fold  the GPU tests of the kernels session 13 changed (graph, hybrid, linear, decode; half precision)
+#   tests-rest  the GPU tests tests-fold did not reach in session 15 (Hedgehog staged / fused, decode), ~3 min
+#   hedgehog-host  the Hedgehog op at 4k beside SDPA: graphed_vs_eager (BASELINE as in host), host_breakdown,
+#             profile_kernels (kernel by kernel), ~4 min
 #   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
 #             PyTorch forms; linear layers take the staged Hedgehog op)
@@ -216,6 +219,24 @@ for step in "$@"; do
             run 420 tests-fold python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py \
                 tests/kernels/test_hybrid_attn_kernel.py tests/kernels/test_linear_attn_kernel.py \
                 tests/kernels/test_decode_kernel.py -k "not fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
+        tests-rest)  # what tests-fold did not reach in session 15: the Hedgehog ops (staged f = 64 / 128, which take
+            # project_back's cuBLAS fp32-output GEMMs since session 16; fused) and the decode step, half precision
+            LK=tests/kernels/test_linear_attn_kernel.py
+            run 200 tests-rest python3 -m pytest -m gpu "$LK::test_gpu_hedgehog_staged_large" \
+                "$LK::test_gpu_hedgehog_fused_large" tests/kernels/test_decode_kernel.py \
+                -k "not fp32" --timeout 80 -p no:cacheprovider -rA -q ;;
+        hedgehog-host)  # the Hedgehog op at 4k beside SDPA: eager / replayed / host (with BASELINE also that tree, in
+            # its own process), where its host time goes, and its kernels one by one (session 16's project_back)
+            H4="--lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64"
+            run 60 hedgehog-host python3 benchmarks/graphed_vs_eager.py $H4 --out "$OUT/hedgehog-host.json"
+            if [ -n "${BASELINE:-}" ]; then
+                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 60 hedgehog-host-baseline \
+                    python3 benchmarks/graphed_vs_eager.py $H4 --out "$OUT/hedgehog-host-baseline.json"
+            fi
+            run 50 hedgehog-host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --ops sdpa hedgehog \
+                --out "$OUT/hedgehog-host-breakdown.json"
+            run 60 hedgehog-profile-4k python3 benchmarks/profile_kernels.py --lengths 4096 \
+                --ops triton_hedgehog_f64 sdpa --out "$OUT/hedgehog-profile-4k.json" ;;
         tests-graph)
             run 300 tests-graph python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py --timeout 120 \
                 -p no:cacheprovider -rA -q ;;
