@@ -27,6 +27,7 @@ Shapes: x [B, H, T, K], w [H, K, f] -> phi [B, H, T, 2f]; K <= 128 and f <= 128.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import triton
@@ -174,11 +175,23 @@ def _launch_plan(x_shape, w_shape, dtype, device, bt, stages, warps, programs_pe
                            num_warps=warps, num_stages=stages)  # fmt: skip
 
 
+_FP32_OUT_GEMMS = True  # half-precision GEMMs with an fp32 result on CUDA (torch.bmm out_dtype); off after a refusal
+
+
 def _bmm_as(a, b, dtype):
     """torch.bmm(a, b) in ``dtype``: on CUDA, half-precision inputs straight into an fp32 result (cuBLAS's fp32
-    output, ``out_dtype``: no rounding to half precision and no cast kernel after it); elsewhere a cast."""
-    if dtype == torch.float32 and a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
-        return torch.bmm(a, b, out_dtype=torch.float32)
+    output, ``out_dtype``: no rounding to half precision and no cast kernel after it); elsewhere, or where
+    this torch refuses ``out_dtype`` (turned off for the process, with a warning), a GEMM and then a cast."""
+    global _FP32_OUT_GEMMS
+    if _FP32_OUT_GEMMS and dtype == torch.float32 and a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.bmm(a, b, out_dtype=torch.float32)
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, RuntimeError, NotImplementedError) as err:
+            _FP32_OUT_GEMMS = False
+            warnings.warn(f"torch.bmm(out_dtype=torch.float32) failed ({err}); the Hedgehog map's weight "
+                          "gradient takes a half-precision GEMM and a cast from now on", stacklevel=2)  # fmt: skip
     return torch.bmm(a, b).to(dtype)
 
 

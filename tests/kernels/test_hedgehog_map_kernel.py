@@ -189,3 +189,24 @@ def test_project_back_matches_einsum(B, XH, G):
     check_close("dx", want_dx, dx, **TOLERANCES[torch.float32])
     check_close("dw", want_dw, dw, **TOLERANCES[torch.float32])
     assert project_back(dz, x, w, need_dx=False)[0] is None and project_back(dz, x, w, need_dw=False)[1] is None
+
+
+def test_fp32_output_gemm_falls_back_with_a_warning_where_refused(monkeypatch):
+    """A torch that refuses bmm's out_dtype (this CPU build has it only for CUDA; a tensor here claims to be
+    on CUDA to reach that path): the weight-gradient GEMM warns once, turns the fp32-output path off for the
+    process and returns the GEMM cast to fp32, equal to the plain form."""
+    import lolcats_lab.kernels.hedgehog_map as hm
+
+    class ClaimsCuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    monkeypatch.setattr(hm, "_FP32_OUT_GEMMS", True)
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(3, 8, 16, generator=g).to(torch.bfloat16)
+    b = torch.randn(3, 16, 4, generator=g).to(torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"torch.bmm\(out_dtype=torch.float32\) failed"):
+        got = hm._bmm_as(a.as_subclass(ClaimsCuda), b, torch.float32)
+    assert hm._FP32_OUT_GEMMS is False and got.dtype == torch.float32
+    assert torch.equal(got.as_subclass(torch.Tensor), torch.bmm(a, b).float())
