@@ -9,20 +9,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_host_overhead_script_times_the_launch_path_without_running_kernels(tmp_path):
-    out = tmp_path / "host.json"
+def run_script(out: Path, *args: str) -> tuple[str, dict]:
+    """Run host_overhead_stubbed.py with ``args`` writing ``out``: (its stdout, the record it wrote)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--T", "40", "--calls", "3",
-         "--repeats", "2", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), *args, "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rec = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_host_overhead_script_times_the_launch_path_without_running_kernels(tmp_path):
+    out = tmp_path / "host.json"
+    stdout, rec = run_script(out, "--T", "40", "--calls", "3", "--repeats", "2")
     assert rec["T"] == 40 and len(rec["us_per_call"]) == 2
     # kernels stubbed: a call is Python and small CPU ops (~1-4 ms here); one interpreted hybrid call at this
     # shape takes seconds, so a launch that was not stubbed would show up as a far larger time
     assert all(0 < us < 200_000 for us in rec["us_per_call"]), rec["us_per_call"]
-    assert "launches stubbed" in proc.stdout
+    assert "launches stubbed" in stdout
 
 
 def test_kept_mode_times_the_launch_path_on_bench_ops(tmp_path):
@@ -30,18 +34,12 @@ def test_kept_mode_times_the_launch_path_on_bench_ops(tmp_path):
     kernel instead would take seconds per call at this shape)."""
     for op in ("hybrid", "linear"):
         out = tmp_path / f"{op}.json"
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--op", op, "--T", "40",
-             "--calls", "3", "--repeats", "2", "--out", str(out)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        rec = json.loads(out.read_text())
+        stdout, rec = run_script(out, "--kept", "--op", op, "--T", "40", "--calls", "3", "--repeats", "2")
         assert (rec["op"], rec["kept"], rec["T"]) == (op, True, 40)
         # one segment at 40 tokens: linear forward, dq, dk/dv; hybrid forward, two window and two state kernels
         assert rec["kept_launches_per_call"] == {"linear": 3, "hybrid": 5}[op], rec
         assert all(0 < us < 200_000 for us in rec["us_per_call"]), rec["us_per_call"]
-        assert f"of {op}, kept launch path timed" in proc.stdout
+        assert f"of {op}, kept launch path timed" in stdout
 
 
 def test_gpu_plan_counts_a_gpu_calls_launches(tmp_path):
@@ -50,13 +48,7 @@ def test_gpu_plan_counts_a_gpu_calls_launches(tmp_path):
     plan's kernels (hybrid 5 -> 7, linear 3 -> 5); with a scan per direction it would be 9 and 7."""
     for op, launches in (("hybrid", 7), ("linear", 5)):
         out = tmp_path / f"{op}.json"
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--gpu-plan", "--op", op,
-             "--T", "4096", "--calls", "2", "--repeats", "1", "--out", str(out)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        rec = json.loads(out.read_text())
+        _, rec = run_script(out, "--kept", "--gpu-plan", "--op", op, "--T", "4096", "--calls", "2", "--repeats", "1")
         assert rec["gpu_plan"] and rec["kept_launches_per_call"] == launches, rec
 
 
@@ -67,14 +59,8 @@ def test_counts_the_pytorch_ops_of_a_call(tmp_path):
     recs = {}
     for op in ("hedgehog", "linear"):
         out = tmp_path / f"{op}.json"
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), "--kept", "--op", op, "--T", "40",
-             "--calls", "1", "--repeats", "1", "--out", str(out)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        recs[op] = json.loads(out.read_text())
-        assert f"{recs[op]['aten_ops_per_call']} PyTorch ops per call" in proc.stdout
+        stdout, recs[op] = run_script(out, "--kept", "--op", op, "--T", "40", "--calls", "1", "--repeats", "1")
+        assert f"{recs[op]['aten_ops_per_call']} PyTorch ops per call" in stdout
     ops = recs["hedgehog"]["aten_ops"]
     assert ops["aten.bmm.default"] == 4 and "aten.expand.default" not in ops, ops
     assert sum(ops.values()) == recs["hedgehog"]["aten_ops_per_call"] > recs["linear"]["aten_ops_per_call"] > 0
