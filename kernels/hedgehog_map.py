@@ -208,22 +208,19 @@ def project_back(dz, x, w, need_dx: bool = True, need_dw: bool = True):
     B, H, T, f = dz.shape
     XH, K = x.shape[1], x.shape[-1]
     G = H // XH
-    dz = dz.to(x.dtype)
-    if B == 1 and G == 1:  # every reshape a view: 10 aten ops for both GEMMs here, 24 by the general path below
-        dz_h = dz.reshape(H, T, f)
-        dw = _bmm_as(x.reshape(H, T, K).transpose(1, 2), dz_h, w.dtype) if need_dw else None  # [H, K, f]
-        dx = torch.bmm(dz_h, w.to(x.dtype).transpose(1, 2)).view(1, H, T, K) if need_dx else None  # [1, H, T, K]
-        return dx, dw
-    dz_g = dz.view(B, XH, G, T, f)
+    # the GEMMs' dz: batch and tokens as rows, each x head's G query heads side by side [XH, B T, G f]; a view
+    # when B == G == 1, else one copy that both GEMMs read
+    dz_f = dz.to(x.dtype).view(B, XH, G, T, f).permute(1, 0, 3, 2, 4).reshape(XH, B * T, G * f)
     dw = None
     if need_dw:  # [XH, K, B T] @ [XH, B T, G f]: the sum over b and t in one GEMM per key head
         x_f = x.transpose(0, 1).reshape(XH, B * T, K)  # a view when B == 1
-        dz_f = dz_g.permute(1, 0, 3, 2, 4).reshape(XH, B * T, G * f)  # a view when B == G == 1
-        dw = _bmm_as(x_f.transpose(1, 2), dz_f, w.dtype).view(XH, K, G, f).transpose(1, 2).reshape(H, K, f)
+        dw = _bmm_as(x_f.transpose(1, 2), dz_f, w.dtype)  # [XH, K, G f]: [H, K, f] when G == 1
+        if G > 1:
+            dw = dw.view(XH, K, G, f).transpose(1, 2).reshape(H, K, f)
     dx = None
-    if need_dx:  # [B, XH, T, G f] @ [XH, G f, K]: summed over the G heads in the GEMM
-        w_f = w.to(x.dtype).view(XH, G, K, f).permute(0, 1, 3, 2).reshape(XH, G * f, K)
-        dx = torch.matmul(dz_g.permute(0, 1, 3, 2, 4).reshape(B, XH, T, G * f), w_f)
+    if need_dx:  # [XH, B T, G f] @ [XH, G f, K]: summed over the G heads in the GEMM
+        w_f = w.to(x.dtype).transpose(1, 2).reshape(XH, G * f, K)  # w_f[i, g f + j] = w[i G + g, :, j]
+        dx = torch.bmm(dz_f, w_f).view(XH, B, T, K).transpose(0, 1).contiguous()  # [B, XH, T, K]
     return dx, dw
 
 

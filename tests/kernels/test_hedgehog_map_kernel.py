@@ -172,7 +172,7 @@ def test_map_reads_grouped_query_heads_in_place():
 
 @pytest.mark.parametrize("B,XH,G", [(1, 3, 1), (2, 3, 1), (1, 2, 3), (2, 2, 3)])
 def test_project_back_matches_einsum(B, XH, G):
-    """project_back's GEMMs (the one-batch, one-head-per-map shortcut and the general folded form) against the
+    """project_back's GEMMs (dz a view at one batch and one head per map, else copied once) against the
     einsum of z = x W_h's backward: dx = sum over each x head's G query heads of dz W^T, dw = sum_{b,t} x^T dz;
     only what is asked for is returned."""
     from lolcats_lab.kernels.hedgehog_map import project_back
