@@ -85,6 +85,16 @@ run() {  # run LIMIT_S NAME CMD...: one step under its time limit, its output in
     echo "== $name rc=$rc"
 }
 
+graphed_ab() {  # graphed_ab LIMIT_S NAME ARGS...: graphed_vs_eager.py, then with BASELINE the same in that tree
+    local limit=$1 name=$2
+    shift 2
+    run "$limit" "$name" python3 benchmarks/graphed_vs_eager.py "$@" --out "$OUT/$name.json"
+    if [ -n "${BASELINE:-}" ]; then  # its own process, the benchmark scripts from this tree
+        PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run "$limit" "$name-baseline" \
+            python3 benchmarks/graphed_vs_eager.py "$@" --out "$OUT/$name-baseline.json"
+    fi
+}
+
 GPU_TESTS="tests/kernels tests/models/test_models_gpu.py tests/models/test_triton_decode_cache.py"
 for step in "$@"; do
     case $step in
@@ -200,13 +210,7 @@ for step in "$@"; do
         host)
             HOST_OPS="sdpa triton_linear triton_hedgehog_f64 triton_hybrid_tk"
             HOST_LENGTHS=${HOST_LENGTHS:-1024 4096}
-            run 200 host-graphed python3 benchmarks/graphed_vs_eager.py --lengths $HOST_LENGTHS --check-t 2048 \
-                --providers $HOST_OPS --out "$OUT/host-graphed.json"
-            if [ -n "${BASELINE:-}" ]; then
-                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 200 host-graphed-baseline \
-                    python3 benchmarks/graphed_vs_eager.py --lengths $HOST_LENGTHS --check-t 2048 --providers $HOST_OPS \
-                    --out "$OUT/host-graphed-baseline.json"
-            fi
+            graphed_ab 200 host-graphed --lengths $HOST_LENGTHS --check-t 2048 --providers $HOST_OPS
             run 90 host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --out "$OUT/host-breakdown.json"
             if [ -x /tmp/site/bin/py-spy ]; then
                 # session 15: at 500 samples/s with --native py-spy fell seconds behind and the step timed out
@@ -227,12 +231,7 @@ for step in "$@"; do
                 -k "not fp32" --timeout 80 -p no:cacheprovider -rA -q ;;
         hedgehog-host)  # the Hedgehog op at 4k beside SDPA: eager / replayed / host (with BASELINE also that tree, in
             # its own process), where its host time goes, and its kernels one by one (session 16's project_back)
-            H4="--lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64"
-            run 60 hedgehog-host python3 benchmarks/graphed_vs_eager.py $H4 --out "$OUT/hedgehog-host.json"
-            if [ -n "${BASELINE:-}" ]; then
-                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 60 hedgehog-host-baseline \
-                    python3 benchmarks/graphed_vs_eager.py $H4 --out "$OUT/hedgehog-host-baseline.json"
-            fi
+            graphed_ab 60 hedgehog-host --lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64
             run 50 hedgehog-host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --ops sdpa hedgehog \
                 --out "$OUT/hedgehog-host-breakdown.json"
             run 60 hedgehog-profile-4k python3 benchmarks/profile_kernels.py --lengths 4096 \
