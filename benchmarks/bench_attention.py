@@ -368,25 +368,30 @@ def bench_decode(results, contexts):
     )  # fmt: skip
 
 
-def tune(lengths, providers=None):
+TUNE_GRID = dict(chunks=(32, 64), per_sm=(4, 8, 16), min_tokens=(128, 256))
+
+
+def tune(lengths, providers=None, grid=None):
     """Time our kernels' fwd+bwd over tile sizes and segment plans (programs per SM, shortest segment);
-    print and return rows. ``providers``: a subset of the three (all when None or empty)."""
+    print and return rows. ``providers``: a subset of the four (all when None or empty); ``grid``: the values
+    swept, as TUNE_GRID (its default)."""
     import lolcats_lab.kernels.segments as seg
     from lolcats_lab.kernels import triton_hedgehog_linear_attn, triton_hybrid_attn, triton_linear_attn
 
     P = make_providers()
     rows = []
     defaults = seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS
-    def fused_hedgehog(*x, chunk_size):  # the fused kernels' plan (the staged op's is triton_linear's)
+    def fused_hedgehog(*x, chunk_size):  # the fused kernels' plan (the staged op, the default, plans as triton_linear)
         return triton_hedgehog_linear_attn(*x, chunk_size=chunk_size, fuse_map=True)
 
+    grid = {**TUNE_GRID, **(grid or {})}
     for name, op in (("triton_linear", triton_linear_attn), ("triton_hedgehog_fused_f64", fused_hedgehog),
-                     ("triton_hybrid_tk", None)):  # fmt: skip
+                     ("triton_hedgehog_f64", triton_hedgehog_linear_attn), ("triton_hybrid_tk", None)):  # fmt: skip
         if providers and name not in providers:
             continue
         make = P[name][0]
         for T in lengths:
-            for chunk, per_sm, min_tokens in itertools.product((32, 64), (4, 8, 16), (128, 256)):
+            for chunk, per_sm, min_tokens in itertools.product(grid["chunks"], grid["per_sm"], grid["min_tokens"]):
                 seg._PROGRAMS_PER_SM, seg._MIN_SEGMENT_TOKENS = per_sm, min_tokens
                 if op is None:
                     def fn(*x, c=chunk):
@@ -437,6 +442,9 @@ def main(argv=None):
     ap.add_argument("--providers", nargs="*", help="subset of providers")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--tune", action="store_true", help="sweep our kernels' tile size and segment plan, then exit")
+    for knob, default in TUNE_GRID.items():
+        ap.add_argument(f"--tune-{knob.replace('_', '-')}", type=int, nargs="+", default=default,
+                        help=f"with --tune: {knob.replace('_', ' ')} swept (default {' '.join(map(str, default))})")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>-<date>.json)")
     ap.add_argument("--plot", type=Path, help="write a plotly HTML figure for this results JSON and exit")
     args = ap.parse_args(argv)
@@ -449,7 +457,7 @@ def main(argv=None):
     env = environment()
     print(json.dumps(env))
     if args.tune:
-        rows = tune(lengths, args.providers)
+        rows = tune(lengths, args.providers, {k: getattr(args, "tune_" + k) for k in TUNE_GRID})
         if args.out:
             args.out.write_text(json.dumps(dict(env=env, tune=rows), indent=1))
         return 0

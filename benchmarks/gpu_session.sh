@@ -10,7 +10,7 @@
 #   tests     pytest -m gpu (kernels, models), fp32 tests last; one line per test in $OUT/tests.log
 #             (tests-half / tests-fp32: one of the two; on a fresh machine run them as two calls: together they
 #             pass the device tool's 600 s per call)
-#   kernels   bench_attention.py, 1k..64k, ours + SDPA + fla (when installed), no decode
+#   kernels   bench_attention.py, 1k..64k, ours (Hedgehog staged and fused) + SDPA + fla (when installed), no decode
 #   linear    the linear kernels' GPU tests, then bench_attention.py at 1k / 4k / 16k / 64k: SDPA, fla, ours
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
@@ -21,6 +21,8 @@
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
 #             (linear, fused Hedgehog, hybrid)
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
+#   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
+#             SM (1-8) x shortest segment (256-1024 tokens), i.e. 4-16 segments
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
 #   8b-train  bench_8b.py sections a, b, c (teacher, stage 1, stage 2)
 #   8b-lora   bench_8b.py section c alone (stage 2, with a per-kernel profile)
@@ -107,7 +109,7 @@ for step in "$@"; do
             run 240 tests-fp32 python3 -m pytest -m gpu $GPU_TESTS -k "fp32" --timeout 90 -p no:cacheprovider -rA -q ;;
         kernels)
             run 330 kernels python3 benchmarks/bench_attention.py --no-decode --out "$OUT/kernels.json" \
-                --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 triton_hybrid_tk ;;
+                --providers sdpa fla_chunk triton_linear triton_hedgehog_f64 triton_hedgehog_fused_f64 triton_hybrid_tk ;;
         linear)  # the linear kernels alone: their GPU tests, then 1k / 4k / 16k / 64k beside SDPA and fla
             run 200 linear-tests python3 -m pytest -m gpu tests/kernels/test_linear_attn_kernel.py \
                 tests/kernels/test_segments.py --timeout 90 -p no:cacheprovider -rA -q
@@ -170,6 +172,9 @@ for step in "$@"; do
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_fused_f64 --out "$OUT/tune-hedgehog.json" ;;
+        tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA
+            run 200 tune-4k python3 benchmarks/bench_attention.py --tune --lengths 4096 --providers triton_hedgehog_f64 \
+                --tune-chunks 32 --tune-per-sm 1 2 4 8 --tune-min-tokens 256 512 1024 --out "$OUT/tune-4k.json" ;;
         tune)
             run 300 tune python3 benchmarks/bench_attention.py --tune --lengths 4096 8192 --out "$OUT/tune.json" ;;
         8b-train)
