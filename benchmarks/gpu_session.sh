@@ -21,6 +21,8 @@
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
 #             (linear, fused Hedgehog, hybrid)
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
+#   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
+#             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
 #             SM (1-8) x shortest segment (256-1024 tokens), i.e. 4-16 segments
 #   tune      bench_attention.py --tune at 4k and 8k (tile size x programs per SM x shortest segment)
@@ -172,6 +174,8 @@ for step in "$@"; do
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_fused_f64 --out "$OUT/tune-hedgehog.json" ;;
+        sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
+            run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;
         tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA
             run 200 tune-4k python3 benchmarks/bench_attention.py --tune --lengths 4096 --providers triton_hedgehog_f64 \
                 --tune-chunks 32 --tune-per-sm 1 2 4 8 --tune-min-tokens 256 512 1024 --out "$OUT/tune-4k.json" ;;
