@@ -60,8 +60,11 @@ def make_inputs(B: int, H: int, T: int, D: int, n_seg: int, device: str):
 
 def run_states(phi, v, bounds, tile: int, den=None, dd=None):
     """One call of the sums (unscanned when the plan folds, as the 4k plan does): the state buffer's S part."""
+    import lolcats_lab.kernels.segments as seg
     from lolcats_lab.kernels._utils import dot_precision
     from lolcats_lab.kernels.segments import segment_states
+
+    seg._STATE_TILE = tile  # segment_states steps by max(BT, _STATE_TILE) on half-precision features
 
     D = phi.shape[-1]
     S, _ = segment_states(phi, None, v, bounds, H=phi.shape[1], GX=1, GY=1, FH=0, BT=tile, BK=D, BF=D, BV=D,
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
         src = torch.empty(bytes_read // 4, device="cuda")
         dst = torch.empty_like(src)
         copy_ms = do_bench(lambda: dst.copy_(src), return_mode="median")  # reads and writes bytes_read
-        print(f"copy of {bytes_read / 1e6:.1f} MB: {copy_ms * 1e3:.1f} us ({2 * bytes_read / copy_ms / 1e9:.0f} GB/s)")
+        print(f"copy of {bytes_read / 1e6:.1f} MB: {copy_ms * 1e3:.1f} us ({2 * bytes_read / (copy_ms * 1e-3) / 1e9:.0f} GB/s read + written)")
     else:
         copy_ms = None
     configs = CONFIGS if cuda else CONFIGS[:1]

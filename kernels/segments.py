@@ -39,7 +39,15 @@ from ._utils import FOLD_NONE, autotune_configs, check_segment_chunks, multiproc
 _CONFIGS = autotune_configs(
     triton.Config({}, num_warps=8, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=2),
+    triton.Config({}, num_warps=4, num_stages=3),
 )
+# Tokens per load step of the sums on precomputed half-precision features (at most 128 of them; the fused
+# Hedgehog form keeps the caller's chunk, its map's registers growing with the tile). Timed on an H100 at
+# [1, 32, 4096, 128] bf16, 8 segments (benchmarks/sweep_segment_states.py, results/*-2026-12-07-sweep-segment-
+# states-session17.json): 32-token steps at 4 warps x 2 stages took 56.3 / 70.3 us (forward / reverse), 64-token
+# steps at 4 x 3 42.2 / 56.0; 128-token steps and 8 warps were slower. Same call, whole ops at 4k against the
+# 32-token steps: forward+backward 2% faster replayed (linear, Hedgehog staged and hybrid alike).
+_STATE_TILE = 64
 
 # programs per multiprocessor the auto plan aims for. At 8 warps and 255 registers one program fills an SM's
 # register file, so these are waves of programs rather than programs resident together.
@@ -201,6 +209,8 @@ def segment_states(x, w, y, bounds, *, H, GX, GY, FH, BT, BK, BF, BV, prec, lowp
     states = x.new_empty(B * H, n_seg, BF * BV + BF, dtype=torch.float32)
     S, z = split_states(states, BF, BV)
     reverse = den is not None
+    if w is None and lowp and BF <= 128 and BV <= 128:
+        BT = max(BT, _STATE_TILE)  # only the loop's step: the bounds say which tokens each segment sums
     launch(
         segment_state_kernel, (n_seg, B * H),
         x, x if w is None else w, y, *y.stride()[:3], den if reverse else S, dd if reverse else S, bounds, S, z, T,

@@ -130,3 +130,40 @@ def test_block_is_the_next_power_of_two_with_a_floor():
     for n in range(1, 600):
         assert block(n) == max(16, triton.next_power_of_2(n)), n
         assert block(n, 1) == triton.next_power_of_2(n), n
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_half_precision_sums_step_past_the_chunk(reverse, monkeypatch):
+    """On half-precision features the sums step by max(chunk, _STATE_TILE) tokens: with 32-token chunks and
+    64-token steps, segments of 70 / 0 / 57 tokens (a partial last step, an empty range) still sum exactly
+    their own tokens. Reference: fp64 einsum over each range of the fp16 inputs (forward S = phi^T v,
+    z = sum phi; reverse S = phi^T (v / den), z = sum dd phi, with v / den rounded to fp16 as the kernel's dot
+    operand); fp32 accumulation of exact fp16 products, so 1e-3. A step that skipped or repeated tokens would be off by whole rows (O(1))."""
+    import lolcats_lab.kernels.segments as seg
+
+    assert seg._STATE_TILE > 32
+    g = torch.Generator().manual_seed(7)
+    B, H, T, F, D = 1, 2, 127, 16, 32
+    phi = torch.rand(B, H, T, F, generator=g).to(DEVICE, torch.float16)
+    v = torch.randn(B, H, T, D, generator=g).to(DEVICE, torch.float16)
+    den = (1 + torch.rand(B, H, T, generator=g)).to(DEVICE)
+    dd = torch.randn(B, H, T, generator=g).to(DEVICE)
+    ranges = [(0, 70), (70, 70), (70, 127)]
+    calls = []
+    launch = seg.launch
+    monkeypatch.setattr(seg, "launch", lambda *a, **kw: (calls.append(kw["BT"]), launch(*a, **kw))[1])
+    extra = dict(den=den, dd=dd, inclusive=True) if reverse else {}
+    S, z = seg.segment_states(phi, None, v, seg.bounds_tensor(ranges, DEVICE), H=H, GX=1, GY=1, FH=0, BT=32, BK=F,
+                              BF=F, BV=D, prec="ieee", lowp=True, **extra)  # fmt: skip
+    assert calls == [seg._STATE_TILE]
+    p64, v64 = phi.double(), v.double()
+    # reverse: v / den in fp32, rounded to fp16 as the kernel's dot operand (half-precision operands, fp32 sums)
+    w64 = (v.float() / den[..., None]).half().double() if reverse else v64
+    c64 = dd.double() if reverse else torch.ones_like(den, dtype=torch.float64)
+    per_range = [(torch.einsum("bhtf,bhtd->bhfd", p64[:, :, a:b], w64[:, :, a:b]),
+                  torch.einsum("bht,bhtf->bhf", c64[:, :, a:b], p64[:, :, a:b])) for a, b in ranges]  # fmt: skip
+    if reverse and not seg.fold_segments(len(ranges)):  # the inclusive suffix scan, as the kernels start from it
+        per_range = [tuple(sum(r[i] for r in per_range[s:]) for i in range(2)) for s in range(len(ranges))]
+    for s, (S_ref, z_ref) in enumerate(per_range):
+        torch.testing.assert_close(S[:, s].double(), S_ref.flatten(0, 1), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(z[:, s].double(), z_ref.flatten(0, 1), rtol=1e-3, atol=1e-3)
