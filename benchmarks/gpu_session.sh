@@ -21,6 +21,9 @@
 #   direct    kept compiled kernels vs Triton's launch path: GPU tests, bench at 1k / 4k / 16k, profiles on and off
 #             (linear, fused Hedgehog, hybrid)
 #   tune-hedgehog   bench_attention.py --tune for the fused Hedgehog kernel at 16k
+#   fold-split  the staged Hedgehog backward with phi's halves folded by a split (LOLCATS_PHI_FOLD_SPLIT=1; f = 128
+#             then takes dz in the kernels): its GPU tests, then flag off / on, each its own process: the op at 4k
+#             beside SDPA (graphed_vs_eager) and f = 128 at 1k / 4k / 16k / 64k (~7 min on a warm machine)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -174,6 +177,17 @@ for step in "$@"; do
         tune-hedgehog)  # the fused Hedgehog kernel's tile and segment plan at 16k
             run 240 tune-hedgehog python3 benchmarks/bench_attention.py --tune --lengths 16384 \
                 --providers triton_hedgehog_fused_f64 --out "$OUT/tune-hedgehog.json" ;;
+        fold-split)  # _tl_helpers.PHI_FOLD_SPLIT (LOLCATS_PHI_FOLD_SPLIT=1): its GPU tests, then off / on at 4k and f = 128
+            LK=tests/kernels/test_linear_attn_kernel.py
+            LOLCATS_PHI_FOLD_SPLIT=1 run 200 fold-split-tests python3 -m pytest -m gpu \
+                "$LK::test_gpu_hedgehog_staged_large" "tests/kernels/test_cuda_graph_training.py" -k "64 or 128 or staged" \
+                --timeout 90 -p no:cacheprovider -rA -q
+            for flag in 0 1; do
+                LOLCATS_PHI_FOLD_SPLIT=$flag run 60 "fold-split-4k-$flag" python3 benchmarks/graphed_vs_eager.py \
+                    --lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64 --out "$OUT/fold-split-4k-$flag.json"
+                LOLCATS_PHI_FOLD_SPLIT=$flag run 90 "fold-split-f128-$flag" python3 benchmarks/bench_attention.py --no-decode \
+                    --lengths 1024 4096 16384 65536 --providers triton_hedgehog_f128 --out "$OUT/fold-split-f128-$flag.json"
+            done ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;
         tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA

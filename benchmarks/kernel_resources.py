@@ -107,10 +107,10 @@ def cases(chunk: int):
         bwd = dict(ce, GW=f if f else K, FZ=0, BFZ=16)  # as linear_attn_bwd: dz rows (f) fused, dfq rows (K = F) unfused
         yield f"{label} bwd dq", la.linear_attn_bwd_dq_kernel, bwd
         yield f"{label} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, bwd
-        if f == 0 and F == 128:  # the staged Hedgehog op (f = 64): dz rows taken from phi in the unfused kernels
-            staged = dict(bwd, GW=64, FZ=64, BFZ=64)
-            yield "staged hedgehog f=64 bwd dq", la.linear_attn_bwd_dq_kernel, staged
-            yield "staged hedgehog f=64 bwd dk/dv", la.linear_attn_bwd_dkv_kernel, staged
+        if f == 0:  # the staged Hedgehog op (f = F / 2): dz rows taken from phi in the unfused kernels
+            staged = dict(bwd, GW=F // 2, FZ=F // 2, BFZ=F // 2)
+            yield f"staged hedgehog f={F // 2} bwd dq", la.linear_attn_bwd_dq_kernel, staged
+            yield f"staged hedgehog f={F // 2} bwd dk/dv", la.linear_attn_bwd_dkv_kernel, staged
         yield f"{label} segment state", sg.segment_state_kernel, dict(
             H=32, GX=1, GY=1, K=K, V=128, FH=f, BT=chunk, BK=K, BF=F, BV=128, HEDGEHOG=f > 0, REVERSE=False,
             PREC="tf32", LOWP=True,

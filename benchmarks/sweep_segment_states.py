@@ -95,7 +95,8 @@ def main(argv=None) -> int:
         src = torch.empty(bytes_read // 4, device="cuda")
         dst = torch.empty_like(src)
         copy_ms = do_bench(lambda: dst.copy_(src), return_mode="median")  # reads and writes bytes_read
-        print(f"copy of {bytes_read / 1e6:.1f} MB: {copy_ms * 1e3:.1f} us ({2 * bytes_read / (copy_ms * 1e-3) / 1e9:.0f} GB/s read + written)")
+        rate = 2 * bytes_read / (copy_ms * 1e-3) / 1e9
+        print(f"copy of {bytes_read / 1e6:.1f} MB: {copy_ms * 1e3:.1f} us ({rate:.0f} GB/s read + written)")
     else:
         copy_ms = None
     configs = CONFIGS if cuda else CONFIGS[:1]

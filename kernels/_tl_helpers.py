@@ -11,12 +11,22 @@ reduction over one column parity (no reshapes, which Triton's GPU layouts reject
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
 from . import _utils
 
 PHI_MIN = tl.constexpr(1e-12)  # the Hedgehog clamp (SPEC.md); constexpr so kernels may read it
+# phi_halves_dz folds the two halves of phi by reshape and split instead of a dot with an (I; -I) matrix when
+# each half is a power of two >= 16 wide: exact (the dot rounds dz to TF32), no [BF, BFZ] matrix in shared
+# memory, and at phi of 256 features it fits an H100 (compiled for sm_90 with Triton 3.9, the staged dq / dk-dv
+# kernels at 8 warps: 128 / 128 KB of shared memory against 200 / 216 KB with the dot; at 128 features 64 / 64
+# against 72 / 80 KB, spills 614 / 632 against 618 / 588 B). Not timed on a GPU yet, so off unless
+# LOLCATS_PHI_FOLD_SPLIT=1 is in the environment when this module is imported (benchmarks/gpu_session.sh
+# fold-split runs the A/B); hedgehog_linear then also takes dz in the kernels for f = 128.
+PHI_FOLD_SPLIT = tl.constexpr(os.environ.get("LOLCATS_PHI_FOLD_SPLIT", "0") == "1")
 
 
 @triton.jit
@@ -201,12 +211,14 @@ def hedgehog_dz(b_dphi, b_p, BF: tl.constexpr):
 
 
 @triton.jit
-def phi_halves_dz(b_g, b_phi, FZ: tl.constexpr, BF: tl.constexpr, BFZ: tl.constexpr, PREC: tl.constexpr):
+def phi_halves_dz(b_g, b_phi, BT: tl.constexpr, FZ: tl.constexpr, BF: tl.constexpr, BFZ: tl.constexpr,
+                  PREC: tl.constexpr):  # fmt: skip
     """The gradient of z = x W [BT, BFZ] (fp32; columns past FZ are garbage, masked by the store) from that of
     phi [BT, BF] (b_g) and phi itself (b_phi), with phi = clamp(concat(softmax(z), softmax(-z)), 1e-12) in
     SPEC order: columns [0, FZ) the first half, [FZ, 2 FZ) the second, zero beyond. Per half the softmax
     backward is p (g - sum(g p)); the second half enters with a minus sign, and the two are folded into
-    one [BT, FZ] tile by a dot with E [BF, BFZ] = (I; -I), which needs no reshape of the [BT, BF] tile.
+    one [BT, FZ] tile by a dot with E [BF, BFZ] = (I; -I), which needs no reshape of the [BT, BF] tile, or
+    with PHI_FOLD_SPLIT, where each half is BFZ wide, by a reshape to [BT, 2, FZ] and a split.
     phi stands in for the softmax: where the clamp acted (p < 1e-12) the gradient it lets through is about
     1e-12 |g|, against the reference's 0."""
     o_f = tl.arange(0, BF)
@@ -215,6 +227,9 @@ def phi_halves_dz(b_g, b_phi, FZ: tl.constexpr, BF: tl.constexpr, BFZ: tl.conste
     s_first = tl.sum(tl.where(m_first, b_gp, 0.0), 1)  # [BT]
     s_second = tl.sum(tl.where(m_first, 0.0, b_gp), 1)  # padding columns hold phi = 0
     b_d = b_phi * (b_g - tl.where(m_first, s_first[:, None], s_second[:, None]))  # [BT, BF]
+    if PHI_FOLD_SPLIT and 2 * FZ == BF and FZ == BFZ:  # power-of-two halves: [BT, 2, FZ] -> first - second
+        b_first, b_second = tl.split(tl.permute(tl.reshape(b_d, [BT, 2, FZ]), (0, 2, 1)))
+        return b_first - b_second
     o_r, o_c = o_f[:, None], tl.arange(0, BFZ)[None, :]
     m_c = o_c < FZ
     b_fold = tl.where((o_r == o_c) & m_c, 1.0, tl.where((o_r == o_c + FZ) & m_c, -1.0, 0.0))  # [BF, BFZ]

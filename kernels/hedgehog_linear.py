@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _tl_helpers
 from ._utils import block
 from .hedgehog_map import map_backward, map_forward, project_back
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
@@ -38,9 +39,23 @@ from .linear_attn import linear_attn_bwd, linear_attn_fwd
 # (session 11, results/NVIDIA_H200-2026-12-01-staged-quick-session11.json beside ...-hedgehog-staged-session11.json,
 # bf16, batch 1, 32 heads, K = D = 128, f = 64): within 2% from 8k on (16k 4.43 against 4.35 ms, across two
 # calls) and two launches fewer below. At f = 128 (F = 256) the dq kernel with the fold dot needs 272 KB of
-# shared memory (the H200 allows 227 KB), so wider maps keep the map backward kernels.
+# shared memory (the H200 allows 227 KB), so wider maps keep the map backward kernels, unless the kernels fold
+# phi's halves by a split (_tl_helpers.PHI_FOLD_SPLIT, off until timed): compiled for sm_90 that kernel takes
+# 128 KB (results/kernel-resources-sm90-2026-12-07-fold-split.json).
 DZ_IN_KERNELS = True
 _DZ_MAX_FEATURES = 128  # phi's padded width up to which the kernels take dz
+_DZ_MAX_FEATURES_SPLIT = 256  # the same with _tl_helpers.PHI_FOLD_SPLIT, for phi of two power-of-two halves
+
+
+def takes_dz_in_kernels(f: int) -> bool:
+    """Whether the linear backward kernels take dz = d(x W) from phi [.., 2f] themselves (else they write dphi
+    and the map's backward kernels run): up to _DZ_MAX_FEATURES padded features, or up to
+    _DZ_MAX_FEATURES_SPLIT when the kernels fold phi's halves by a split (each half a power of two >= 16)."""
+    width = block(2 * f)
+    if width <= _DZ_MAX_FEATURES:
+        return DZ_IN_KERNELS
+    split = bool(_tl_helpers.PHI_FOLD_SPLIT) and width == 2 * f and block(f) == f
+    return DZ_IN_KERNELS and split and width <= _DZ_MAX_FEATURES_SPLIT
 
 
 class HedgehogLinearStagedFunction(torch.autograd.Function):
@@ -62,7 +77,7 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, wq, wk, fq, fk, y, den, s0, z0 = ctx.saved_tensors
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
-        dz_in_kernels = DZ_IN_KERNELS and block(fq.shape[-1]) <= _DZ_MAX_FEATURES
+        dz_in_kernels = takes_dz_in_kernels(wq.shape[-1])
         # rows of dz [B, H, T, f] from the kernels, or of dphi [B, H, T, 2f] for the map backward kernels
         dq_rows, dk_rows, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
                                                      chunk_size=ctx.chunk_size,

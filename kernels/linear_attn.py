@@ -243,7 +243,7 @@ def linear_attn_bwd_dq_kernel(
             store_rows(dq, pair_difference(hedgehog_dz(b_dfq, b_pq, BF), BT, BF), o_t, m_t, GW, BF // 2)
         elif FZ > 0:  # d(q W) [BT, FZ] from dphi and phi (the staged Hedgehog op)
             b_phi = load_rows(q, o_t, m_t, K, BK)  # [BT, BF]: the query features, K = F
-            store_rows(dq, phi_halves_dz(b_dfq, b_phi, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
+            store_rows(dq, phi_halves_dz(b_dfq, b_phi, BT, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
         else:
             store_rows(dq, b_dfq, o_t, m_t, GW, BF)
         b_S += dot(tl.trans(b_fk), b_v, DT, PREC)
@@ -308,7 +308,7 @@ def linear_attn_bwd_dkv_kernel(
         if HEDGEHOG:  # d(k W) [BT, BF / 2] from d(k W2) [BT, BF]
             store_rows(dk, pair_difference(hedgehog_dz(b_dfk, b_pk, BF), BT, BF), o_t, m_t, GW, BF // 2)
         elif FZ > 0:  # d(k W) [BT, FZ] from dphi and phi (the staged Hedgehog op); b_fk as loaded (fp32)
-            store_rows(dk, phi_halves_dz(b_dfk, b_fk, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
+            store_rows(dk, phi_halves_dz(b_dfk, b_fk, BT, FZ, BF, BFZ, PREC), o_t, m_t, GW, BFZ)
         else:
             store_rows(dk, b_dfk, o_t, m_t, GW, BF)
         b_P += dot(tl.trans(b_fq), b_dn, DT, PREC)

@@ -257,6 +257,33 @@ def test_hedgehog_staged_grouped_query_heads_and_frozen_maps(monkeypatch, dz_in_
         check_close(name, a, b, ratio=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("f", [16, 128, 12], ids=["f16", "f128", "f12-dot"])
+def test_hedgehog_staged_fold_split(monkeypatch, f):
+    """_tl_helpers.PHI_FOLD_SPLIT (off by default until timed): phi's two halves folded into dz by a reshape
+    and split where each half is a power of two >= 16 wide (f = 16; f = 128, whose 256 features then also
+    take dz in the kernels instead of the map's backward kernels), by the dot otherwise (f = 12: halves of 12
+    in 32 padded columns). Every gradient against the written-out map, as the tests above (fp32: 1e-4)."""
+    import triton.language as tl
+
+    import lolcats_lab.kernels._tl_helpers as helpers
+    import lolcats_lab.kernels.hedgehog_linear as staged_module
+
+    monkeypatch.setattr(helpers, "PHI_FOLD_SPLIT", tl.constexpr(False))  # as shipped
+    assert not staged_module.takes_dz_in_kernels(128)  # f = 128 keeps the map's backward kernels
+    monkeypatch.setattr(helpers, "PHI_FOLD_SPLIT", tl.constexpr(True))
+    assert staged_module.takes_dz_in_kernels(f)
+    inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=1, VH=1, T=40, K=8, f=f, D=6, seed=f)
+
+    def staged(*x):
+        return triton_hedgehog_linear_attn(*x, chunk_size=16, segment_chunks=2, fuse_map=False)
+
+    y_ref, g_ref = run_with_grads(reference, inputs, do)
+    y, g_out = run_with_grads(staged, inputs, do)
+    compare("y", y_ref, y, torch.float32)
+    for name, a, b in zip(("dq", "dk", "dv", "dwq", "dwk"), g_ref, g_out):
+        check_close(name, a, b, ratio=1e-4, atol=1e-5)
+
+
 def test_hedgehog_staged_large_logits_and_padded_halves():
     """The staged backward takes the softmaxes from phi itself: logits of +-30 (most of each half clamped at
     1e-12, where the reference passes no gradient) and f = 5 (each half of phi padded: 2f = 10 of 16

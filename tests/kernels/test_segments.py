@@ -138,7 +138,8 @@ def test_half_precision_sums_step_past_the_chunk(reverse, monkeypatch):
     64-token steps, segments of 70 / 0 / 57 tokens (a partial last step, an empty range) still sum exactly
     their own tokens. Reference: fp64 einsum over each range of the fp16 inputs (forward S = phi^T v,
     z = sum phi; reverse S = phi^T (v / den), z = sum dd phi, with v / den rounded to fp16 as the kernel's dot
-    operand); fp32 accumulation of exact fp16 products, so 1e-3. A step that skipped or repeated tokens would be off by whole rows (O(1))."""
+    operand); fp32 accumulation of exact fp16 products, so 1e-3. A step that skipped or repeated tokens
+    would be off by whole rows (O(1))."""
     import lolcats_lab.kernels.segments as seg
 
     assert seg._STATE_TILE > 32
