@@ -179,13 +179,13 @@ for step in "$@"; do
                 --providers triton_hedgehog_fused_f64 --out "$OUT/tune-hedgehog.json" ;;
         fold-split)  # _tl_helpers.PHI_FOLD_SPLIT (LOLCATS_PHI_FOLD_SPLIT=1): its GPU tests, then off / on at 4k and f = 128
             LK=tests/kernels/test_linear_attn_kernel.py
-            LOLCATS_PHI_FOLD_SPLIT=1 run 200 fold-split-tests python3 -m pytest -m gpu \
+            LOLCATS_PHI_FOLD_SPLIT=1 run 150 fold-split-tests python3 -m pytest -m gpu \
                 "$LK::test_gpu_hedgehog_staged_large" "tests/kernels/test_cuda_graph_training.py" -k "64 or 128 or staged" \
                 --timeout 90 -p no:cacheprovider -rA -q
             for flag in 0 1; do
                 LOLCATS_PHI_FOLD_SPLIT=$flag run 60 "fold-split-4k-$flag" python3 benchmarks/graphed_vs_eager.py \
                     --lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64 --out "$OUT/fold-split-4k-$flag.json"
-                LOLCATS_PHI_FOLD_SPLIT=$flag run 90 "fold-split-f128-$flag" python3 benchmarks/bench_attention.py --no-decode \
+                LOLCATS_PHI_FOLD_SPLIT=$flag run 120 "fold-split-f128-$flag" python3 benchmarks/bench_attention.py --no-decode \
                     --lengths 1024 4096 16384 65536 --providers triton_hedgehog_f128 --out "$OUT/fold-split-f128-$flag.json"
             done ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
