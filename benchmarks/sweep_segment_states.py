@@ -5,10 +5,11 @@
 and 32 heads (8 segments of 512 tokens, 256 programs) the default Hedgehog op's two calls took 0.116 ms of
 its 1.071 ms of kernels on an H100 (session 17, ``...-hedgehog-profile-4k-session17.json``): 67 MB read per
 call at about 1.2 TB/s, against the 3.0 TB/s the device copies at. The kernel's loop tile (``BT``, the tokens
-loaded per step) is the caller's chunk size (32), and its autotuner has two candidates (8 x 2, 4 x 2 warps
-x stages); neither the tile nor deeper pipelines were ever timed for it. This pins each (tile, warps,
-stages) in turn, times both modes with ``triton.testing.do_bench`` (medians), checks each result against
-the default launch's, and times ``torch.Tensor.copy_`` of the bytes a call reads as the bound.
+loaded per step) was the caller's chunk size (32), and its autotuner had two candidates (8 x 2, 4 x 2 warps
+x stages); neither the tile nor deeper pipelines had been timed for it (this sweep led to
+segments._STATE_TILE). This pins each (tile, warps, stages) in turn, times both modes with
+``triton.testing.do_bench`` (medians), checks each result against the default launch's, and times
+``torch.Tensor.copy_`` of the bytes a call reads as the bound.
 
     python benchmarks/sweep_segment_states.py --T 4096 --out results/<device>-sweep-segment-states.json
     TRITON_INTERPRET=1 python benchmarks/sweep_segment_states.py --device cpu --T 256 --heads 2 --segments 2
@@ -64,11 +65,14 @@ def run_states(phi, v, bounds, tile: int, den=None, dd=None):
     from lolcats_lab.kernels._utils import dot_precision
     from lolcats_lab.kernels.segments import segment_states
 
-    seg._STATE_TILE = tile  # segment_states steps by max(BT, _STATE_TILE) on half-precision features
-
     D = phi.shape[-1]
-    S, _ = segment_states(phi, None, v, bounds, H=phi.shape[1], GX=1, GY=1, FH=0, BT=tile, BK=D, BF=D, BV=D,
-                          prec=dot_precision(phi.dtype), lowp=phi.dtype != torch.float32, den=den, dd=dd)  # fmt: skip
+    default_tile, seg._STATE_TILE = seg._STATE_TILE, tile  # segment_states steps by max(BT, _STATE_TILE)
+    try:
+        S, _ = segment_states(phi, None, v, bounds, H=phi.shape[1], GX=1, GY=1, FH=0, BT=tile, BK=D, BF=D,
+                              BV=D, prec=dot_precision(phi.dtype), lowp=phi.dtype != torch.float32, den=den,
+                              dd=dd)  # fmt: skip
+    finally:
+        seg._STATE_TILE = default_tile
     return S
 
 

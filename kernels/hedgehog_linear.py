@@ -54,7 +54,7 @@ def takes_dz_in_kernels(f: int) -> bool:
     width = block(2 * f)
     if width <= _DZ_MAX_FEATURES:
         return DZ_IN_KERNELS
-    split = bool(_tl_helpers.PHI_FOLD_SPLIT) and width == 2 * f and block(f) == f
+    split = bool(_tl_helpers.PHI_FOLD_SPLIT) and block(f) == f  # then width == 2 f
     return DZ_IN_KERNELS and split and width <= _DZ_MAX_FEATURES_SPLIT
 
 

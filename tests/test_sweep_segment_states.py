@@ -27,15 +27,20 @@ def test_every_tile_matches_the_default_launch(tmp_path):
 
 
 @pytest.mark.parametrize("tile", [32, 128])
-def test_states_equal_an_einsum_per_segment(tile, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_states_equal_an_einsum_per_segment(tile):
+    """run_states at a load tile (32 or 128) against an fp64 einsum per segment, and it leaves the module's
+    default load tile as it found it (the sweep sets it per call)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import sweep_segment_states as sweep
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    import lolcats_lab.kernels.segments as seg
+
+    default_tile = seg._STATE_TILE
     phi, v, den, dd, bounds = sweep.make_inputs(1, 2, 256, 128, 2, "cpu")
     S = sweep.run_states(phi, v, bounds, tile)  # [B*H, NSEG, F, D]
+    assert seg._STATE_TILE == default_tile
     for s in range(2):
         lo, hi = bounds[s].tolist()
         ref = torch.einsum("hjf,hjd->hfd", phi[0, :, lo:hi].double(), v[0, :, lo:hi].double())
