@@ -35,6 +35,7 @@ import argparse
 import datetime
 import itertools
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -432,6 +433,7 @@ def environment():
         device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
         cuda=torch.version.cuda, python=platform.python_version(), **git_provenance(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        lolcats_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("LOLCATS_")},  # kernel flags
     )  # fmt: skip
 
 

@@ -24,6 +24,11 @@
 #   fold-split  the staged Hedgehog backward with phi's halves folded by a split (LOLCATS_PHI_FOLD_SPLIT=1; f = 128
 #             then takes dz in the kernels): its GPU tests, then flag off / on, each its own process: the op at 4k
 #             beside SDPA (graphed_vs_eager) and f = 128 at 1k / 4k / 16k / 64k (~7 min on a warm machine)
+#   flags-4k  _tl_helpers.DN_ROUNDED (LOLCATS_DN_ROUNDED=1) and PHI_FOLD_SPLIT: the linear / segment / graph GPU
+#             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both, off/off
+#             again, each its own process (~8 min)
+#   dn-hybrid  the hybrid kernels' GPU tests, then the hybrid at 4k / 16k beside SDPA with LOLCATS_DN_ROUNDED=0 and 1
+#             (graphed_vs_eager, each its own process; ~7 min on a fresh machine)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -187,6 +192,25 @@ for step in "$@"; do
                     --lengths 4096 --check-t 2048 --providers sdpa triton_hedgehog_f64 --out "$OUT/fold-split-4k-$flag.json"
                 LOLCATS_PHI_FOLD_SPLIT=$flag run 120 "fold-split-f128-$flag" python3 benchmarks/bench_attention.py --no-decode \
                     --lengths 1024 4096 16384 65536 --providers triton_hedgehog_f128 --out "$OUT/fold-split-f128-$flag.json"
+            done ;;
+        flags-4k)  # DN_ROUNDED and PHI_FOLD_SPLIT: GPU tests with both on, then the four settings at 4k, each its own
+            # process (graphed_vs_eager: eager, replayed, host; SDPA in every process), the first setting again last
+            LK=tests/kernels/test_linear_attn_kernel.py
+            LOLCATS_DN_ROUNDED=1 LOLCATS_PHI_FOLD_SPLIT=1 run 170 flags-tests python3 -m pytest -m gpu "$LK" \
+                tests/kernels/test_segments.py tests/kernels/test_cuda_graph_training.py -k "not fp32" \
+                --timeout 90 -p no:cacheprovider -rA -q
+            for flags in 00 10 01 11 00b; do
+                LOLCATS_DN_ROUNDED=${flags:0:1} LOLCATS_PHI_FOLD_SPLIT=${flags:1:1} run 75 "flags-4k-$flags" \
+                    python3 benchmarks/graphed_vs_eager.py --lengths 4096 --check-t 2048 \
+                    --providers sdpa triton_linear triton_hedgehog_f64 --out "$OUT/flags-4k-$flags.json"
+            done ;;
+        dn-hybrid)  # DN_ROUNDED in the hybrid kernels: their GPU tests (on by default), then off / on at 4k and 16k
+            run 240 dn-hybrid-tests python3 -m pytest -m gpu tests/kernels/test_hybrid_attn_kernel.py \
+                tests/kernels/test_hedgehog_hybrid_kernel.py tests/kernels/test_cuda_graph_training.py -k "not fp32" \
+                --timeout 120 -p no:cacheprovider -rA -q
+            for flag in 0 1; do
+                LOLCATS_DN_ROUNDED=$flag run 100 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
+                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk --out "$OUT/dn-hybrid-$flag.json"
             done ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;

@@ -23,10 +23,23 @@ PHI_MIN = tl.constexpr(1e-12)  # the Hedgehog clamp (SPEC.md); constexpr so kern
 # each half is a power of two >= 16 wide: exact (the dot rounds dz to TF32), no [BF, BFZ] matrix in shared
 # memory, and at phi of 256 features it fits an H100 (compiled for sm_90 with Triton 3.9, the staged dq / dk-dv
 # kernels at 8 warps: 128 / 128 KB of shared memory against 200 / 216 KB with the dot; at 128 features 64 / 64
-# against 72 / 80 KB, spills 614 / 632 against 618 / 588 B). Not timed on a GPU yet, so off unless
-# LOLCATS_PHI_FOLD_SPLIT=1 is in the environment when this module is imported (benchmarks/gpu_session.sh
-# fold-split runs the A/B); hedgehog_linear then also takes dz in the kernels for f = 128.
-PHI_FOLD_SPLIT = tl.constexpr(os.environ.get("LOLCATS_PHI_FOLD_SPLIT", "0") == "1")
+# against 72 / 80 KB, spills 614 / 632 against 618 / 588 B), so hedgehog_linear takes dz in the kernels for
+# f = 128 too. Timed on an H100 in session 18 (benchmarks/README.md, "Kernel record"): the default op at 4k,
+# f = 64, replayed from a CUDA graph, 1.116 -> 1.102 ms alone and 1.087 -> 1.048 beside DN_ROUNDED; f = 128
+# 1.4% / 2.3% faster at 4k / 16k, with 27% less peak memory at 16k (no dphi tensor). LOLCATS_PHI_FOLD_SPLIT=0 in the environment when this module
+# is imported restores the dot.
+PHI_FOLD_SPLIT = tl.constexpr(os.environ.get("LOLCATS_PHI_FOLD_SPLIT", "1") == "1")
+# The linear backward's dn = dy / den rounded to the dot operand type once, where it is computed, so that every
+# term sees the same dn: dd = -dn . y (fp32 sums of the rounded values) and dA = dn . v + dd then take dn . v on
+# half-precision operands. Rounded this way the backward is exactly that of dy' = round(dn) den (~2^-9 relative
+# from dy in bf16), whose terms cancel as the exact ones do; unrounded, dd kept fp32 dn while the state terms
+# (P = sum fq dn^T, dn S^T) rounded it, and dn . v took fp32 (TF32) operands so as not to add to that mismatch.
+# Timed on an H100 in session 18 (benchmarks/README.md, "Kernel record"), bf16 at 4k, replayed from a CUDA
+# graph: the linear op 0.867 -> 0.808 ms, the Hedgehog op 1.116 -> 1.087 (dk/dv kernel 0.42 -> 0.37 ms, dq 0.22
+# -> 0.19 with PHI_FOLD_SPLIT), gradients as close to the fp32 reference as before (relative RMS 2.6e-3 to
+# 5.8e-3 either way). No effect on fp32 inputs; LOLCATS_DN_ROUNDED=0 in the environment when this module is
+# imported restores the TF32 dot. The hybrid kernels keep their own (TF32) form.
+DN_ROUNDED = tl.constexpr(os.environ.get("LOLCATS_DN_ROUNDED", "1") == "1")
 
 
 @triton.jit
@@ -83,6 +96,25 @@ def store_rows_strided(p, b_x, o_t, m_t, S, X: tl.constexpr, BX: tl.constexpr):
 def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
     """a @ b with both operands cast to DT (fp32 accumulation)."""
     return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
+
+
+@triton.jit
+def scaled_dy(b_dy, b_den, DT: tl.constexpr):
+    """dn = dy / den [BT, BV] in fp32 from dy [BT, BV] and the normaliser den [BT]: the gradient of the
+    numerator; rounded to DT (then exactly a dot operand) when DN_ROUNDED."""
+    b_dn = b_dy / b_den[:, None]
+    if DN_ROUNDED:
+        b_dn = b_dn.to(DT).to(tl.float32)
+    return b_dn
+
+
+@triton.jit
+def dn_dot_v(b_dn, b_v, DT: tl.constexpr, PREC: tl.constexpr):
+    """dn v^T [BT, BT] (dn [BT, BV] from scaled_dy, v [BT, BV]): on DT operands when dn is rounded to DT,
+    else on fp32 (TF32) ones, the cancelling term of dA = dn . v + dd (see DN_ROUNDED)."""
+    if DN_ROUNDED:
+        return dot(b_dn, tl.trans(b_v), DT, PREC)
+    return dot(b_dn, tl.trans(b_v), tl.float32, PREC)
 
 
 # How a kernel finds the state its segment starts from (segments.py): FOLD_NONE, the buffer was scanned and
@@ -217,8 +249,8 @@ def phi_halves_dz(b_g, b_phi, BT: tl.constexpr, FZ: tl.constexpr, BF: tl.constex
     phi [BT, BF] (b_g) and phi itself (b_phi), with phi = clamp(concat(softmax(z), softmax(-z)), 1e-12) in
     SPEC order: columns [0, FZ) the first half, [FZ, 2 FZ) the second, zero beyond. Per half the softmax
     backward is p (g - sum(g p)); the second half enters with a minus sign, and the two are folded into
-    one [BT, FZ] tile by a dot with E [BF, BFZ] = (I; -I), which needs no reshape of the [BT, BF] tile, or
-    with PHI_FOLD_SPLIT, where each half is BFZ wide, by a reshape to [BT, 2, FZ] and a split.
+    one [BT, FZ] tile by a reshape to [BT, 2, FZ] and a split where each half is BFZ wide (PHI_FOLD_SPLIT),
+    else by a dot with E [BF, BFZ] = (I; -I), which needs no reshape of the [BT, BF] tile.
     phi stands in for the softmax: where the clamp acted (p < 1e-12) the gradient it lets through is about
     1e-12 |g|, against the reference's 0."""
     o_f = tl.arange(0, BF)

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tl_helpers import dot as _dot
-from ._tl_helpers import head_offsets, load_segment_state, segment_chunks, strided_head_offset, window_gamma
+from ._tl_helpers import head_offsets, load_segment_state, scaled_dy, segment_chunks, strided_head_offset, window_gamma
 from ._tl_helpers import load_rows as _rows
 from ._tl_helpers import load_rows_strided as _rows_s
 from ._tl_helpers import store_rows as _store
@@ -96,7 +96,7 @@ def window_dq_kernel(
     o_i = c0 + tl.arange(0, BT)
     m_i = o_i < T
     b_q = _rows(q, o_i, m_i, K, BK)  # [BT, BK]
-    b_dn, b_dd, b_dm, b_m, b_idx = _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V, BV)
+    b_dn, b_dd, b_dm, b_m, b_idx = _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V, BV, DT)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     kend = tl.minimum(c0 + BT, T)
     for j0 in range(_linear_start(c0, W, True), kend, BT):  # window keys only (LIN False: no fk, fq, dfq read)
@@ -218,7 +218,7 @@ def linear_dq_kernel(
         L0 = _linear_start(c0, W, True)
         b_S, b_z = _advance_state(fk, v, b_S, b_z, L_done, L0, 0, F, V, BT, BF, BV, PREC, DT)
         L_done = L0
-        b_dn = _rows_s(do, o_i, m_i, SOT, V, BV) / tl.load(den + o_i, mask=m_i, other=1.0)[:, None]  # [BT, BV]
+        b_dn = scaled_dy(_rows_s(do, o_i, m_i, SOT, V, BV), tl.load(den + o_i, mask=m_i, other=1.0), DT)  # [BT, BV]
         b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)  # [BT]
         _store(dfq, _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :], o_i, m_i, F, BF)
     if (i_s == 0) & (i_bh < H):  # one program per head, batch element 0: dM is complete

@@ -28,7 +28,9 @@ every dot operand (features, state, projection) is cast to the input's half type
 FlashAttention and fla do), which halves the shared memory the operands take and runs
 on the half-precision tensor cores at twice the TF32 rate. One dot keeps fp32 operands (TF32): dn . v
 in dA = dn . v + dd, whose two terms cancel (dA_ij = dn_i . (v_j - y_i)), so their rounding would
-dominate the gradient of the features.
+dominate the gradient of the features; by default, though, dn is rounded to the half type once, where it is
+computed, and every term (dd included) takes that value, so dn . v runs on half operands too
+(_tl_helpers.DN_ROUNDED).
 
 Algorithm: the sequence is cut into segments of CPS chunks (segments.py): a first kernel sums each
 segment's keys into (S_s, z_s) in parallel, a prefix sum over segments gives each segment its starting
@@ -66,6 +68,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tl_helpers import (
+    dn_dot_v,
     dot,
     head_offsets,
     hedgehog_dz,
@@ -75,6 +78,7 @@ from ._tl_helpers import (
     load_w2,
     pair_difference,
     phi_halves_dz,
+    scaled_dy,
     segment_chunks,
     store_rows,
 )
@@ -230,10 +234,10 @@ def linear_attn_bwd_dq_kernel(
         b_v = load_rows(v, o_t, m_t, V, BV)  # [BT, BV]
         b_do = load_rows(do, o_t, m_t, V, BV)
         b_den = tl.load(den + o_t, mask=m_t, other=1.0)  # [BT]
-        b_dn = b_do / b_den[:, None]  # dL/dnum   [BT, BV]
+        b_dn = scaled_dy(b_do, b_den, DT)  # dL/dnum   [BT, BV]
         b_dd = -tl.sum(b_dn * load_rows(y, o_t, m_t, V, BV), 1)  # dL/dden = -dn . num / den   [BT]
         tl.store(dd + o_t, b_dd, mask=m_t)
-        b_dA = tl.where(m_causal, dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None], 0.0)  # fp32: see below
+        b_dA = tl.where(m_causal, dn_dot_v(b_dn, b_v, DT, PREC) + b_dd[:, None], 0.0)  # see the module docstring
         b_dfq = (
             dot(b_dA, b_fk, DT, PREC)
             + dot(b_dn, tl.trans(b_S), DT, PREC)
@@ -295,9 +299,9 @@ def linear_attn_bwd_dkv_kernel(
         b_do = load_rows(do, o_t, m_t, V, BV)
         b_den = tl.load(den + o_t, mask=m_t, other=1.0)  # [BT]
         b_dd = tl.load(dd + o_t, mask=m_t, other=0.0)
-        b_dn = b_do / b_den[:, None]  # [BT, BV]
+        b_dn = scaled_dy(b_do, b_den, DT)  # [BT, BV], as the dq kernel and the reverse state sums take it
         b_A = tl.where(m_causal, dot(b_fq, tl.trans(b_fk), DT, PREC).to(DT).to(tl.float32), 0.0)  # [BT_i, BT_j]
-        b_dA = tl.where(m_causal, dot(b_dn, tl.trans(b_v), tl.float32, PREC) + b_dd[:, None], 0.0)  # fp32: see below
+        b_dA = tl.where(m_causal, dn_dot_v(b_dn, b_v, DT, PREC) + b_dd[:, None], 0.0)
         b_dfk = (
             dot(tl.trans(b_dA), b_fq, DT, PREC)
             + dot(b_v, tl.trans(b_P), DT, PREC)

@@ -152,6 +152,31 @@ def test_forward_tile_rule():
     assert forward_tile(16, 64, "tk", 32, 1) == (16, 32)
 
 
+@pytest.mark.parametrize("kind,sinks", [("tk", 0), ("sw", 1)], ids=["tk-split-backward", "sw-sink1-single-scan"])
+def test_hybrid_dn_rounded(monkeypatch, kind, sinks):
+    """_tl_helpers.DN_ROUNDED (the default): dn = dy / den rounded to fp16 once in every hybrid backward kernel
+    (window, linear, reverse states) and dn . v of the linear keys on fp16 operands; on the split backward
+    (tk, tiles dividing the window, no sinks) and the single-scan one (sinks). Within the fp16 tolerance of the
+    fp32 reference, and different from the TF32 form (so the flag reaches these kernels)."""
+    import triton.language as tl
+
+    import lolcats_lab.kernels._tl_helpers as helpers
+
+    xs, do = make_inputs(1, 2, 129, 12, 10, 9, torch.float16, q_scale=4.0, seed=5)
+    cfg = dict(window=16, kind=kind, sink_tokens=sinks)
+
+    def run():
+        return run_with_grads(lambda *x: triton_hybrid_attn(*x, chunk_size=16, segment_chunks=3, **cfg), xs, do)
+
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(False))
+    _, g_off = run()
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(True))
+    y, g = run()
+    y_ref, g_ref = run_with_grads(lambda *x: naive_hybrid_attn(*x, **cfg), [x.float() for x in xs], do.float())
+    check_all(y_ref, g_ref, y, g, torch.float16)
+    assert not torch.equal(g[3], g_off[3]) and not torch.equal(g[4], g_off[4])  # dfq, dfk
+
+
 def test_hybrid_half_operands_for_large_tiles():
     """F = 200 (a 256-wide feature tile): fp16 inputs take the half-operand path (LOWP) the GPU needs."""
     xs, do = make_inputs(1, 1, 65, 12, 200, 80, torch.float16, q_scale=3.0)

@@ -6,6 +6,7 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_IN
 large shapes are gpu-only (the interpreter's bf16 loads are wrong).
 """
 
+import os
 
 import pytest
 import torch
@@ -138,6 +139,46 @@ def test_linear_attn_grouped_query_heads():
         compare(name, a, b, torch.float32)
 
 
+@pytest.mark.parametrize("sharp", [False, True], ids=["uniform-features", "sharp-features"])
+def test_linear_attn_dn_rounded(monkeypatch, sharp):
+    """_tl_helpers.DN_ROUNDED (the default; LOLCATS_DN_ROUNDED=0 turns it off): dn = dy / den rounded to fp16
+    once, dn . v on fp16 operands, dd from the rounded dn, against the TF32 form it replaced. Unfused fp16 at 129 tokens over 3 segments of 3 chunks (the reverse state
+    sums take dn too) and the staged Hedgehog op, against the fp32 reference within the fp16 tolerance; with
+    sharp features (softmax of 6 x normal, as a Hedgehog half: a few keys take most of each query's weight, y_i
+    close to one v_j, where dA = dn . (v_j - y_i) cancels) as well. And the flag changes the gradients, so the test sees the path."""
+    import triton.language as tl
+
+    import lolcats_lab.kernels._tl_helpers as helpers
+
+    inputs, do = make_inputs(2, 2, 129, 12, 10, torch.float16, seed=21)
+    if sharp:
+        g = torch.Generator().manual_seed(22)
+        inputs[:2] = [(6 * torch.randn(x.shape, generator=g)).softmax(-1).to(DEVICE, x.dtype) for x in inputs[:2]]
+
+    def run():
+        return run_with_grads(lambda *x: triton_linear_attn(*x, chunk_size=16, segment_chunks=3), inputs, do)
+
+    if "LOLCATS_DN_ROUNDED" not in os.environ:
+        assert helpers.DN_ROUNDED  # as shipped
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(False))
+    y_off, g_off = run()
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(True))
+    y_ref, g_ref = run_with_grads(naive_linear_attn, [x.float() for x in inputs], do.float())
+    y, g = run()
+    assert torch.equal(y, y_off)  # the forward does not take dn
+    compare("y", y_ref, y, torch.float16)
+    for name, a, b in zip(("dfq", "dfk", "dv"), g_ref, g):
+        compare(name, a, b, torch.float16)
+    assert not torch.equal(g[0], g_off[0]) and not torch.equal(g[1], g_off[1])
+    hh_inputs, hh_do, reference = gqa_hedgehog_case(B=1, H=2, KH=2, VH=2, T=65, K=12, f=6, D=10, seed=23)
+    hh_inputs = [x.half() if i < 3 else x for i, x in enumerate(hh_inputs)]
+    y_ref, g_ref = run_with_grads(reference, [x.float() for x in hh_inputs], hh_do.float())
+    y, g = run_with_grads(lambda *x: triton_hedgehog_linear_attn(*x, chunk_size=16, fuse_map=False), hh_inputs,
+                          hh_do.half())  # fmt: skip
+    for name, a, b in zip(("dq", "dk", "dv"), g_ref, g):
+        compare(name, a, b, torch.float16)
+
+
 def test_linear_attn_negative_control():
     """The comparison can fail: the non-causal reference is far from the causal kernel."""
     inputs, _ = make_inputs(1, 2, 65, 12, 10, torch.float32)
@@ -259,17 +300,21 @@ def test_hedgehog_staged_grouped_query_heads_and_frozen_maps(monkeypatch, dz_in_
 
 @pytest.mark.parametrize("f", [16, 128, 12], ids=["f16", "f128", "f12-dot"])
 def test_hedgehog_staged_fold_split(monkeypatch, f):
-    """_tl_helpers.PHI_FOLD_SPLIT (off by default until timed): phi's two halves folded into dz by a reshape
-    and split where each half is a power of two >= 16 wide (f = 16; f = 128, whose 256 features then also
-    take dz in the kernels instead of the map's backward kernels), by the dot otherwise (f = 12: halves of 12
-    in 32 padded columns). Every gradient against the written-out map, as the tests above (fp32: 1e-4)."""
+    """_tl_helpers.PHI_FOLD_SPLIT (the default; LOLCATS_PHI_FOLD_SPLIT=0 turns it off): phi's two halves folded into dz
+    by a reshape and split where each half is a power of two >= 16 wide (f = 16; f = 128, whose 256 features
+    then also take dz in the kernels instead of the map's backward kernels), by the dot otherwise (f = 12:
+    halves of 12 in 32 padded columns). Every gradient against the written-out map, as the tests above (fp32:
+    1e-4).
+    """
     import triton.language as tl
 
     import lolcats_lab.kernels._tl_helpers as helpers
     import lolcats_lab.kernels.hedgehog_linear as staged_module
 
-    monkeypatch.setattr(helpers, "PHI_FOLD_SPLIT", tl.constexpr(False))  # as shipped
-    assert not staged_module.takes_dz_in_kernels(128)  # f = 128 keeps the map's backward kernels
+    if "LOLCATS_PHI_FOLD_SPLIT" not in os.environ:
+        assert helpers.PHI_FOLD_SPLIT and staged_module.takes_dz_in_kernels(128)  # as shipped
+    monkeypatch.setattr(helpers, "PHI_FOLD_SPLIT", tl.constexpr(False))
+    assert not staged_module.takes_dz_in_kernels(128)  # without the split f = 128 keeps the map's backward kernels
     monkeypatch.setattr(helpers, "PHI_FOLD_SPLIT", tl.constexpr(True))
     assert staged_module.takes_dz_in_kernels(f)
     inputs, do, reference = gqa_hedgehog_case(B=1, H=2, KH=1, VH=1, T=40, K=8, f=f, D=6, seed=f)
