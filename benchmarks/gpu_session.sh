@@ -27,8 +27,8 @@
 #   flags-4k  _tl_helpers.DN_ROUNDED (LOLCATS_DN_ROUNDED=1) and PHI_FOLD_SPLIT: the linear / segment / graph GPU
 #             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both, off/off
 #             again, each its own process (~8 min)
-#   dn-hybrid  the hybrid kernels' GPU tests, then the hybrid at 4k / 16k beside SDPA with LOLCATS_DN_ROUNDED=0 and 1
-#             (graphed_vs_eager, each its own process; ~7 min on a fresh machine)
+#   dn-hybrid  the hybrid kernels' GPU tests with LOLCATS_DN_ROUNDED_HYBRID=1, then the hybrid at 4k / 16k beside
+#             SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -204,12 +204,12 @@ for step in "$@"; do
                     python3 benchmarks/graphed_vs_eager.py --lengths 4096 --check-t 2048 \
                     --providers sdpa triton_linear triton_hedgehog_f64 --out "$OUT/flags-4k-$flags.json"
             done ;;
-        dn-hybrid)  # DN_ROUNDED in the hybrid kernels: their GPU tests (on by default), then off / on at 4k and 16k
-            run 240 dn-hybrid-tests python3 -m pytest -m gpu tests/kernels/test_hybrid_attn_kernel.py \
-                tests/kernels/test_hedgehog_hybrid_kernel.py tests/kernels/test_cuda_graph_training.py -k "not fp32" \
+        dn-hybrid)  # DN_ROUNDED_HYBRID: the hybrid kernels' GPU tests with it on, then off / on at 4k and 16k
+            LOLCATS_DN_ROUNDED_HYBRID=1 run 170 dn-hybrid-tests python3 -m pytest -m gpu \
+                tests/kernels/test_hybrid_attn_kernel.py tests/kernels/test_hedgehog_hybrid_kernel.py -k "not fp32" \
                 --timeout 120 -p no:cacheprovider -rA -q
             for flag in 0 1; do
-                LOLCATS_DN_ROUNDED=$flag run 100 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
+                LOLCATS_DN_ROUNDED_HYBRID=$flag run 80 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
                     --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk --out "$OUT/dn-hybrid-$flag.json"
             done ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
