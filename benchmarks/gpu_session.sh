@@ -25,8 +25,8 @@
 #             then takes dz in the kernels): its GPU tests, then flag off / on, each its own process: the op at 4k
 #             beside SDPA (graphed_vs_eager) and f = 128 at 1k / 4k / 16k / 64k (~7 min on a warm machine)
 #   flags-4k  _tl_helpers.DN_ROUNDED (LOLCATS_DN_ROUNDED=1) and PHI_FOLD_SPLIT: the linear / segment / graph GPU
-#             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both, off/off
-#             again, each its own process (~8 min)
+#             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both,
+#             off/off again, each its own process (~8 min)
 #   dn-hybrid  the hybrid kernels' GPU tests with LOLCATS_DN_ROUNDED_HYBRID=1, then the hybrid at 4k / 16k beside
 #             SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
@@ -210,7 +210,8 @@ for step in "$@"; do
                 --timeout 120 -p no:cacheprovider -rA -q
             for flag in 0 1; do
                 LOLCATS_DN_ROUNDED_HYBRID=$flag run 80 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
-                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk --out "$OUT/dn-hybrid-$flag.json"
+                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk \
+                    --out "$OUT/dn-hybrid-$flag.json"
             done ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;

@@ -26,8 +26,8 @@ PHI_MIN = tl.constexpr(1e-12)  # the Hedgehog clamp (SPEC.md); constexpr so kern
 # against 72 / 80 KB, spills 614 / 632 against 618 / 588 B), so hedgehog_linear takes dz in the kernels for
 # f = 128 too. Timed on an H100 in session 18 (benchmarks/README.md, "Kernel record"): the default op at 4k,
 # f = 64, replayed from a CUDA graph, 1.116 -> 1.102 ms alone and 1.087 -> 1.048 beside DN_ROUNDED; f = 128
-# 1.4% / 2.3% faster at 4k / 16k, with 27% less peak memory at 16k (no dphi tensor). LOLCATS_PHI_FOLD_SPLIT=0 in the environment when this module
-# is imported restores the dot.
+# 1.4% / 2.3% faster at 4k / 16k, with 27% less peak memory at 16k (no dphi tensor). LOLCATS_PHI_FOLD_SPLIT=0
+# in the environment when this module is imported restores the dot.
 PHI_FOLD_SPLIT = tl.constexpr(os.environ.get("LOLCATS_PHI_FOLD_SPLIT", "1") == "1")
 # The linear backward's dn = dy / den rounded to the dot operand type once, where it is computed, so that every
 # term sees the same dn: dd = -dn . y (fp32 sums of the rounded values) and dA = dn . v + dd then take dn . v on

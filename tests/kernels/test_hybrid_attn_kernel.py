@@ -154,10 +154,10 @@ def test_forward_tile_rule():
 
 @pytest.mark.parametrize("kind,sinks", [("tk", 0), ("sw", 1)], ids=["tk-split-backward", "sw-sink1-single-scan"])
 def test_hybrid_dn_rounded(monkeypatch, kind, sinks):
-    """_tl_helpers.DN_ROUNDED_HYBRID (off until timed on a GPU): dn = dy / den rounded to fp16 once in every
-    hybrid backward kernel (window, linear, reverse states) and dn . v of the linear keys on fp16 operands; on the split backward
-    (tk, tiles dividing the window, no sinks) and the single-scan one (sinks). Within the fp16 tolerance of the
-    fp32 reference, and different from the TF32 form (so the flag reaches these kernels)."""
+    """_tl_helpers.DN_ROUNDED_HYBRID (off until timed on a GPU): dn = dy / den rounded to fp16 once in every hybrid
+    backward kernel (window, linear, reverse states) and dn . v of the linear keys on fp16 operands; on the split
+    backward (tk, tiles dividing the window, no sinks) and the single-scan one (sinks). Within the fp16 tolerance
+    of the fp32 reference, and different from the TF32 form (so the flag reaches these kernels)."""
     import triton.language as tl
 
     import lolcats_lab.kernels._tl_helpers as helpers
