@@ -16,14 +16,15 @@ the map backward kernels). The cost is memory: the two feature tensors are kept 
 results/NVIDIA_H200-2026-12-01-staged-quick-session11.json). Grouped-query keys are read in place: query
 head h maps key head h // (H / KH).
 
-Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves,
-from phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features;
-``_tl_helpers.phi_halves_dz``): they write dz = d(x W) [B, H, T, f] per query head instead of dphi
-[B, H, T, 2f], and no map backward kernel runs. The softmax values are then phi as stored (bf16 for bf16
-inputs, where the map's backward kernel recomputes them in fp32 from x). ``project_back`` takes dx = dz W^T
-(summed over each key head's query heads) and dW = x^T dz as GEMMs, only for the inputs that need a
-gradient. Otherwise (``DZ_IN_KERNELS = False``, or wider maps) the linear backward writes dphi and each
-map's backward kernel turns it into dz (the form measured in session 11's first calls).
+Backward: the linear backward kernels take the features' gradient dphi through both softmaxes themselves, from
+phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features, or 256 in two power-of-two halves
+with ``_tl_helpers.PHI_FOLD_SPLIT``: ``takes_dz_in_kernels``; ``_tl_helpers.phi_halves_dz``): they write dz =
+d(x W) [B, H, T, f] per query head instead of dphi [B, H, T, 2f], and no map backward kernel runs. The softmax
+values are then phi as stored (bf16 for bf16 inputs, where the map's backward kernel recomputes them in fp32
+from x). ``project_back`` takes dx = dz W^T (summed over each key head's query heads) and dW = x^T dz as
+GEMMs, only for the inputs that need a gradient. Otherwise (``DZ_IN_KERNELS = False``, or wider maps) the
+linear backward writes dphi and each map's backward kernel turns it into dz (the form measured in session 11's
+first calls).
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from ._utils import block
 from .hedgehog_map import map_backward, map_forward, project_back
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
 
-# dz from phi in the linear backward kernels (f <= 64); False: dphi, then the map backward kernels. On an H200
-# (session 11, results/NVIDIA_H200-2026-12-01-staged-quick-session11.json beside ...-hedgehog-staged-session11.json,
-# bf16, batch 1, 32 heads, K = D = 128, f = 64): within 2% from 8k on (16k 4.43 against 4.35 ms, across two
-# calls) and two launches fewer below. At f = 128 (F = 256) the dq kernel with the fold dot needs 272 KB of
-# shared memory (the H200 allows 227 KB), so wider maps keep the map backward kernels, unless the kernels fold
-# phi's halves by a split (_tl_helpers.PHI_FOLD_SPLIT, the default): compiled for sm_90 that kernel takes
-# 128 KB (results/kernel-resources-sm90-2026-12-07-fold-split.json), and on an H100 at f = 128 it is 1.4 / 2.3%
-# faster at 4k / 16k than the map backward kernels, with 27% less peak memory at 16k (session 18).
+# dz from phi in the linear backward kernels (see takes_dz_in_kernels); False: dphi, then the map backward
+# kernels. On an H200 (session 11, results/NVIDIA_H200-2026-12-01-staged-quick-session11.json beside
+# ...-hedgehog-staged-session11.json, bf16, batch 1, 32 heads, K = D = 128, f = 64): within 2% from 8k on (16k
+# 4.43 against 4.35 ms, across two calls) and two launches fewer below. At f = 128 (F = 256) the dq kernel with
+# the fold dot needs 272 KB of shared memory (the H200 allows 227 KB), so wider maps keep the map backward
+# kernels, unless the kernels fold phi's halves by a split (_tl_helpers.PHI_FOLD_SPLIT, the default): compiled for
+# sm_90 that kernel takes 128 KB (results/kernel-resources-sm90-2026-12-07-fold-split.json), and on an H100 at f =
+# 128 it is 1.4 / 2.3% faster at 4k / 16k than the map backward kernels, with 27% less peak memory at 16k (session
+# 18).
 DZ_IN_KERNELS = True
 _DZ_MAX_FEATURES = 128  # phi's padded width up to which the kernels take dz
 _DZ_MAX_FEATURES_SPLIT = 256  # the same with _tl_helpers.PHI_FOLD_SPLIT, for phi of two power-of-two halves

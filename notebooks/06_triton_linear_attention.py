@@ -285,8 +285,6 @@ tuple(round(r, 2) for r in vs_fla.values()), tuple(round(r, 2) for r in hybrid_v
 # on precomputed features, each as a fraction of fla's time in the same run.
 
 # %%
-import plotly.graph_objects as go
-
 STAGED = json.loads((RESULTS_DIR / "NVIDIA_H200-2026-12-01-hedgehog-staged-session11.json").read_text())
 ms11 = {(r["provider"], r["T"]): r["ms"] for r in STAGED["rows"] if r["mode"] == "fwd+bwd"}
 lengths = sorted({T for (_, T) in ms11})
