@@ -27,8 +27,8 @@
 #   flags-4k  _tl_helpers.DN_ROUNDED (LOLCATS_DN_ROUNDED=1) and PHI_FOLD_SPLIT: the linear / segment / graph GPU
 #             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both,
 #             off/off again, each its own process (~8 min)
-#   dn-hybrid  the hybrid kernels' GPU tests with LOLCATS_DN_ROUNDED_HYBRID=1, then the hybrid at 4k / 16k beside
-#             SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
+#   dn-hybrid  the hybrid kernels' GPU tests with the rounded dn (LOLCATS_DN_ROUNDED=1, which since session 19 also
+#             governs the hybrid kernels), then the hybrid at 4k / 16k beside SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -64,7 +64,8 @@
 #   tests-fold  the GPU tests of the kernels session 13 changed (graph, hybrid, linear, decode; half precision)
 #   tests-rest  the GPU tests tests-fold did not reach in session 15 (Hedgehog staged / fused, decode), ~3 min
 #   hedgehog-host  the Hedgehog op at 4k beside SDPA: graphed_vs_eager (BASELINE as in host), host_breakdown,
-#             profile_kernels (kernel by kernel), ~4 min
+#             profile_kernels (kernel by kernel), then a py-spy profile of its eager loop when py-spy's wheel is in
+#             .whl/, ~4.5 min
 #   tests-graph  each training op's forward+backward captured in a CUDA graph and replayed, against eager
 #   tests-models  the GPU tests of converted models (Triton forward, transfer gradients and decoding against the
 #             PyTorch forms; linear layers take the staged Hedgehog op)
@@ -204,12 +205,12 @@ for step in "$@"; do
                     python3 benchmarks/graphed_vs_eager.py --lengths 4096 --check-t 2048 \
                     --providers sdpa triton_linear triton_hedgehog_f64 --out "$OUT/flags-4k-$flags.json"
             done ;;
-        dn-hybrid)  # DN_ROUNDED_HYBRID: the hybrid kernels' GPU tests with it on, then off / on at 4k and 16k
-            LOLCATS_DN_ROUNDED_HYBRID=1 run 170 dn-hybrid-tests python3 -m pytest -m gpu \
+        dn-hybrid)  # DN_ROUNDED in the hybrid kernels: their GPU tests with it on, then off / on at 4k and 16k
+            LOLCATS_DN_ROUNDED=1 run 170 dn-hybrid-tests python3 -m pytest -m gpu \
                 tests/kernels/test_hybrid_attn_kernel.py tests/kernels/test_hedgehog_hybrid_kernel.py -k "not fp32" \
                 --timeout 120 -p no:cacheprovider -rA -q
             for flag in 0 1; do
-                LOLCATS_DN_ROUNDED_HYBRID=$flag run 80 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
+                LOLCATS_DN_ROUNDED=$flag run 80 "dn-hybrid-$flag" python3 benchmarks/graphed_vs_eager.py \
                     --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk \
                     --out "$OUT/dn-hybrid-$flag.json"
             done ;;
@@ -283,7 +284,11 @@ for step in "$@"; do
             run 50 hedgehog-host-breakdown python3 benchmarks/host_breakdown.py --T 4096 --ops sdpa hedgehog \
                 --out "$OUT/hedgehog-host-breakdown.json"
             run 60 hedgehog-profile-4k python3 benchmarks/profile_kernels.py --lengths 4096 \
-                --ops triton_hedgehog_f64 sdpa --out "$OUT/hedgehog-profile-4k.json" ;;
+                --ops triton_hedgehog_f64 sdpa --out "$OUT/hedgehog-profile-4k.json"
+            if [ -x /tmp/site/bin/py-spy ]; then  # where the host time goes, Python and native frames
+                run 60 hedgehog-pyspy /tmp/site/bin/py-spy record --native -r 100 -f raw \
+                    -o "$OUT/pyspy-hedgehog.txt" -- python3 benchmarks/host_breakdown.py --loop 6 --op hedgehog
+            fi ;;
         tests-graph)
             run 300 tests-graph python3 -m pytest -m gpu tests/kernels/test_cuda_graph_training.py --timeout 120 \
                 -p no:cacheprovider -rA -q ;;

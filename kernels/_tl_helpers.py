@@ -38,10 +38,11 @@ PHI_FOLD_SPLIT = tl.constexpr(os.environ.get("LOLCATS_PHI_FOLD_SPLIT", "1") == "
 # graph: the linear op 0.867 -> 0.808 ms, the Hedgehog op 1.116 -> 1.087 (dk/dv kernel 0.42 -> 0.37 ms, dq 0.22
 # -> 0.19 with PHI_FOLD_SPLIT), gradients as close to the fp32 reference as before (relative RMS 2.6e-3 to
 # 5.8e-3 either way). No effect on fp32 inputs; LOLCATS_DN_ROUNDED=0 in the environment when this module is
-# imported restores the TF32 dot. The hybrid kernels take the same form only with DN_ROUNDED_HYBRID
-# (LOLCATS_DN_ROUNDED_HYBRID=1): CPU-tested, not yet timed or tested on a GPU (gpu_session.sh dn-hybrid).
+# imported restores the TF32 dot. The hybrid kernels take the same form in their window, linear and reverse-
+# state steps (both backwards): GPU tests passed with it on an H100 in session 19, and the hybrid at 4k / 16k
+# replayed from a CUDA graph took 0.945 / 3.570 ms against 0.943 / 3.564 with the TF32 dot (the same within
+# the run's noise; results/NVIDIA_H100_80GB_HBM3-2026-12-07-dn-hybrid-*-session19.json).
 DN_ROUNDED = tl.constexpr(os.environ.get("LOLCATS_DN_ROUNDED", "1") == "1")
-DN_ROUNDED_HYBRID = tl.constexpr(os.environ.get("LOLCATS_DN_ROUNDED_HYBRID", "0") == "1")
 
 
 @triton.jit
@@ -101,21 +102,20 @@ def dot(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def scaled_dy(b_dy, b_den, DT: tl.constexpr, HYBRID: tl.constexpr = False):
+def scaled_dy(b_dy, b_den, DT: tl.constexpr):
     """dn = dy / den [BT, BV] in fp32 from dy [BT, BV] and the normaliser den [BT]: the gradient of the
-    numerator; rounded to DT (then exactly a dot operand) when DN_ROUNDED (DN_ROUNDED_HYBRID in the hybrid
-    kernels, HYBRID)."""
+    numerator; rounded to DT (then exactly a dot operand) when DN_ROUNDED."""
     b_dn = b_dy / b_den[:, None]
-    if (DN_ROUNDED and not HYBRID) or (DN_ROUNDED_HYBRID and HYBRID):
+    if DN_ROUNDED:
         b_dn = b_dn.to(DT).to(tl.float32)
     return b_dn
 
 
 @triton.jit
-def dn_dot_v(b_dn, b_v, DT: tl.constexpr, PREC: tl.constexpr, HYBRID: tl.constexpr = False):
+def dn_dot_v(b_dn, b_v, DT: tl.constexpr, PREC: tl.constexpr):
     """dn v^T [BT, BT] (dn [BT, BV] from scaled_dy, v [BT, BV]): on DT operands when dn is rounded to DT,
     else on fp32 (TF32) ones, the cancelling term of dA = dn . v + dd (see DN_ROUNDED)."""
-    if (DN_ROUNDED and not HYBRID) or (DN_ROUNDED_HYBRID and HYBRID):
+    if DN_ROUNDED:
         return dot(b_dn, tl.trans(b_v), DT, PREC)
     return dot(b_dn, tl.trans(b_v), tl.float32, PREC)
 

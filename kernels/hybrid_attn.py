@@ -250,7 +250,7 @@ def _advance_reverse_state(fq, do, SOT, den, dd, b_P, b_r, lo, hi, F: tl.constex
         o_a = i0 + tl.arange(0, BT)
         m_a = o_a < hi
         b_fqa = _rows(fq, o_a, m_a, F, BF)
-        b_dna = scaled_dy(_rows_s(do, o_a, m_a, SOT, V, BV), tl.load(den + o_a, mask=m_a, other=1.0), DT, True)
+        b_dna = scaled_dy(_rows_s(do, o_a, m_a, SOT, V, BV), tl.load(den + o_a, mask=m_a, other=1.0), DT)
         b_P += _dot(tl.trans(b_fqa), b_dna, DT, PREC)
         b_r += tl.sum(tl.load(dd + o_a, mask=m_a, other=0.0)[:, None] * b_fqa, 0)
     return b_P, b_r
@@ -259,10 +259,10 @@ def _advance_reverse_state(fq, do, SOT, den, dd, b_P, b_r, lo, hi, F: tl.constex
 @triton.jit
 def _row_gradients(do, o, u, den, mx, amax, o_i, m_i, SOT, V: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
     """For query rows o_i, from dy, the output and the forward's row statistics: dn = dy / den [BT, BV]
-    (_tl_helpers.scaled_dy: rounded to DT when DN_ROUNDED_HYBRID), dd = -dn . y and dM = -dy . u [BT] (y as
+    (_tl_helpers.scaled_dy: rounded to DT when DN_ROUNDED), dd = -dn . y and dM = -dy . u [BT] (y as
     returned; see the module docstring), M and its key [BT]."""
     b_do = _rows_s(do, o_i, m_i, SOT, V, BV)  # [BT, BV]
-    b_dn = scaled_dy(b_do, tl.load(den + o_i, mask=m_i, other=1.0), DT, True)
+    b_dn = scaled_dy(b_do, tl.load(den + o_i, mask=m_i, other=1.0), DT)
     b_dd = -tl.sum(b_dn * _rows_s(o, o_i, m_i, SOT, V, BV), 1)
     b_dm = -tl.sum(b_do * _rows(u, o_i, m_i, V, BV), 1)
     return b_dn, b_dd, b_dm, tl.load(mx + o_i, mask=m_i, other=0.0), tl.load(amax + o_i, mask=m_i, other=-1)
@@ -283,7 +283,7 @@ def _dq_step(
     b_s = _dot(b_q, tl.trans(b_k), DT, PREC) * scale  # [BT, BT]
     b_e = gamma * tl.exp(tl.where(m_w, b_s - b_m[:, None], float("-inf")))  # [BT, BT], 0 off-window
     if LIN:
-        b_g = dn_dot_v(b_dn, b_v, DT, PREC, True) + b_dd[:, None]  # cancels: fp32 operands unless dn is rounded
+        b_g = dn_dot_v(b_dn, b_v, DT, PREC) + b_dd[:, None]  # cancels: fp32 operands unless dn is rounded
         b_fk = _rows(fk, o_j, m_j, F, BF)  # [BT, BF]
         b_dfq += _dot(tl.where(m_l, b_g, 0.0), b_fk, DT, PREC)
     else:
@@ -305,7 +305,7 @@ def _dkv_queries(
         o_i = i0 + tl.arange(0, BT)
         m_i = o_i < qend
         b_q = _rows(q, o_i, m_i, K, BK)
-        b_dn = scaled_dy(_rows_s(do, o_i, m_i, SOT, V, BV), tl.load(den + o_i, mask=m_i, other=1.0), DT, True)
+        b_dn = scaled_dy(_rows_s(do, o_i, m_i, SOT, V, BV), tl.load(den + o_i, mask=m_i, other=1.0), DT)
         b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)
         b_m = tl.load(mx + o_i, mask=m_i, other=0.0)
         b_idx = tl.load(amax + o_i, mask=m_i, other=-1)
@@ -318,7 +318,7 @@ def _dkv_queries(
             m_l = m_l & m_i[:, None]
             b_fq = _rows(fq, o_i, m_i, F, BF)
             b_a = tl.where(m_l, _dot(b_fq, tl.trans(b_fk), DT, PREC), 0.0)
-            b_g = dn_dot_v(b_dn, b_v, DT, PREC, True) + b_dd[:, None]  # cancels: fp32 operands unless dn is rounded
+            b_g = dn_dot_v(b_dn, b_v, DT, PREC) + b_dd[:, None]  # cancels: fp32 operands unless dn is rounded
             b_dfk += _dot(tl.trans(tl.where(m_l, b_g, 0.0)), b_fq, DT, PREC)
             b_dv += _dot(tl.trans(b_e + b_a), b_dn, DT, PREC)
         else:

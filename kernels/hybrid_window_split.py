@@ -219,7 +219,7 @@ def linear_dq_kernel(
         b_S, b_z = _advance_state(fk, v, b_S, b_z, L_done, L0, 0, F, V, BT, BF, BV, PREC, DT)
         L_done = L0
         b_den = tl.load(den + o_i, mask=m_i, other=1.0)
-        b_dn = scaled_dy(_rows_s(do, o_i, m_i, SOT, V, BV), b_den, DT, True)  # [BT, BV]
+        b_dn = scaled_dy(_rows_s(do, o_i, m_i, SOT, V, BV), b_den, DT)  # [BT, BV]
         b_dd = tl.load(dd + o_i, mask=m_i, other=0.0)  # [BT]
         _store(dfq, _dot(b_dn, tl.trans(b_S), DT, PREC) + b_dd[:, None] * b_z[None, :], o_i, m_i, F, BF)
     if (i_s == 0) & (i_bh < H):  # one program per head, batch element 0: dM is complete

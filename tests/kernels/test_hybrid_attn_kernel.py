@@ -154,8 +154,8 @@ def test_forward_tile_rule():
 
 @pytest.mark.parametrize("kind,sinks", [("tk", 0), ("sw", 1)], ids=["tk-split-backward", "sw-sink1-single-scan"])
 def test_hybrid_dn_rounded(monkeypatch, kind, sinks):
-    """_tl_helpers.DN_ROUNDED_HYBRID (off until timed on a GPU): dn = dy / den rounded to fp16 once in every hybrid
-    backward kernel (window, linear, reverse states) and dn . v of the linear keys on fp16 operands; on the split
+    """_tl_helpers.DN_ROUNDED (the default since session 19 in the hybrid kernels too): dn = dy / den rounded to
+    fp16 once in every hybrid backward kernel (window, linear, reverse states) and dn . v of the linear keys on fp16 operands; on the split
     backward (tk, tiles dividing the window, no sinks) and the single-scan one (sinks). Within the fp16 tolerance
     of the fp32 reference, and different from the TF32 form (so the flag reaches these kernels)."""
     import triton.language as tl
@@ -168,9 +168,9 @@ def test_hybrid_dn_rounded(monkeypatch, kind, sinks):
     def run():
         return run_with_grads(lambda *x: triton_hybrid_attn(*x, chunk_size=16, segment_chunks=3, **cfg), xs, do)
 
-    monkeypatch.setattr(helpers, "DN_ROUNDED_HYBRID", tl.constexpr(False))
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(False))
     _, g_off = run()
-    monkeypatch.setattr(helpers, "DN_ROUNDED_HYBRID", tl.constexpr(True))
+    monkeypatch.setattr(helpers, "DN_ROUNDED", tl.constexpr(True))
     y, g = run()
     y_ref, g_ref = run_with_grads(lambda *x: naive_hybrid_attn(*x, **cfg), [x.float() for x in xs], do.float())
     check_all(y_ref, g_ref, y, g, torch.float16)
