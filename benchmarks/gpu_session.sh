@@ -29,6 +29,9 @@
 #             off/off again, each its own process (~8 min)
 #   dn-hybrid  the hybrid kernels' GPU tests with the rounded dn (LOLCATS_DN_ROUNDED=1, which since session 19 also
 #             governs the hybrid kernels), then the hybrid at 4k / 16k beside SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
+#   project-back  hedgehog_project.py's kernel (LOLCATS_PROJECT_BACK_KERNEL=1; the cuBLAS GEMMs otherwise): its
+#             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
+#             its host breakdown at 4k with it off / on, each its own process, and its kernels profiled (~6 min)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -214,6 +217,21 @@ for step in "$@"; do
                     --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hybrid_tk \
                     --out "$OUT/dn-hybrid-$flag.json"
             done ;;
+        project-back)  # hedgehog_project.PROJECT_BACK_KERNEL: its GPU tests and the staged op's with it on, then
+            # the Hedgehog op at 4k / 16k beside SDPA with it 0 and 1 (each its own process), host time and kernels
+            LK=tests/kernels/test_linear_attn_kernel.py
+            LOLCATS_PROJECT_BACK_KERNEL=1 run 200 project-back-tests python3 -m pytest -m "gpu or not gpu" \
+                tests/kernels/test_hedgehog_project_kernel.py "$LK::test_gpu_hedgehog_staged_large" \
+                --timeout 120 -p no:cacheprovider -rA -q
+            for flag in 0 1; do
+                LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
+                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 \
+                    --out "$OUT/project-back-$flag.json"
+                LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
+                    --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
+            done
+            LOLCATS_PROJECT_BACK_KERNEL=1 run 60 project-back-profile python3 benchmarks/profile_kernels.py \
+                --lengths 4096 16384 --ops triton_hedgehog_f64 --out "$OUT/project-back-profile.json" ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;
         tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA

@@ -34,6 +34,7 @@ import torch
 from . import _tl_helpers
 from ._utils import block
 from .hedgehog_map import map_backward, map_forward, project_back
+from .hedgehog_project import kernel_takes, project_back_maps
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
 
 # dz from phi in the linear backward kernels (see takes_dz_in_kernels); False: dphi, then the map backward
@@ -85,8 +86,13 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
         dq_rows, dk_rows, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
                                                      chunk_size=ctx.chunk_size,
                                                      phi_half=wq.shape[-1] if dz_in_kernels else 0)  # fmt: skip
-        dq, dwq = _map_grad(q, wq, dq_rows, dz_in_kernels, need_q, need_wq)
-        dk, dwk = _map_grad(k, wk, dk_rows, dz_in_kernels, need_k, need_wk)
+        if dz_in_kernels and kernel_takes(dq_rows, q, wq) and kernel_takes(dk_rows, k, wk):
+            # both maps' projection backward in two launches and one sum (hedgehog_project.py)
+            (dq, dwq), (dk, dwk) = project_back_maps([(dq_rows, q, wq, need_q, need_wq),
+                                                      (dk_rows, k, wk, need_k, need_wk)])  # fmt: skip
+        else:
+            dq, dwq = _map_grad(q, wq, dq_rows, dz_in_kernels, need_q, need_wq)
+            dk, dwk = _map_grad(k, wk, dk_rows, dz_in_kernels, need_k, need_wk)
         return dq, dk, dv, dwq, dwk, None, None, None
 
 

@@ -1,0 +1,136 @@
+"""The backward of the Hedgehog map's projection z = x W_h as one Triton kernel per map.
+
+Math, per batch element b, query head h (x head h // G: grouped-query keys read in place) and token t:
+
+    dx[b, i, t] = sum over the G query heads h of x head i of  dz[b, h, t] W_h^T        [K]
+    dW_h        = sum over b, t of  x[b, h // G, t]^T dz[b, h, t]                       [K, f]
+
+Reference: ``hedgehog_map.project_back`` (the same contractions as two cuBLAS GEMMs per map), and beside it
+the einsum in ``tests/kernels/test_hedgehog_project_kernel.py``.
+
+Why a kernel: at 4k tokens an eager forward+backward of the staged Hedgehog op waits on the host, and py-spy
+on the H100 machine put 24% of its busy host time in ``project_back``'s four GEMM calls (session 19,
+benchmarks/README.md): about twice a kept Triton launch each, with cuBLASLt's heuristics looked up per call for
+the fp32-output GEMM, and a dozen view / permute / cast operators around them. Here each map is one launch and
+both maps' weight gradients one reduction.
+
+Layout: a program walks TPP consecutive tiles of BT tokens of one (batch, query head), loads W_h once, and
+accumulates its share of dW_h [K, f] in fp32 registers; the shares go to a partial buffer [P B, H, K, f] fp32
+(P programs per head), summed over its first dim by PyTorch (deterministic, unlike atomics). The program of the
+first query head of each x head (g = 0) also writes dx for its tiles, adding the other G - 1 heads' dz W^T
+(their W from L2). Dot operands in x's half type for fp16/bf16 inputs (fp32 accumulation, as cuBLAS's bf16
+GEMMs), three-TF32 for fp32 (_utils.dot_precision).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import launch_jit
+from ._tl_helpers import dot, load_rows, store_rows
+from ._utils import block, dot_precision, is_interpreter, multiprocessors
+
+# Off until timed on a GPU against the cuBLAS form (gpu_session.sh project-back); LOLCATS_PROJECT_BACK_KERNEL=1 in
+# the environment when this module is imported turns it on.
+PROJECT_BACK_KERNEL = os.environ.get("LOLCATS_PROJECT_BACK_KERNEL", "0") == "1"
+_BT = 64
+_NUM_WARPS, _STAGES = 8, 2
+_PROGRAMS_PER_SM = 2
+_INTERPRETER_SMS = 4
+
+
+@triton.jit(do_not_specialize=["T", "TPP", "PART_OFFSET"])
+def project_back_kernel(
+    x, w, dz, dx, dw_part, T, TPP, PART_OFFSET, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+    FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr, NEED_DX: tl.constexpr, NEED_DW: tl.constexpr,
+):  # fmt: skip
+    """Grid (P, B*H): program (p, b H + h) takes tiles [p TPP, (p + 1) TPP) of query head h of batch b.
+    x [B, H / G, T, K], w [H, K, FH], dz [B, H, T, FH] contiguous; dx like x; dw_part [.., P B H, K, FH] fp32,
+    this map's block at element PART_OFFSET."""
+    DT = x.dtype.element_ty if LOWP else tl.float32
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    h = i_bh % H
+    i_bx = ((i_bh // H) * (H // G) + h // G).to(tl.int64)
+    o_k, o_f = tl.arange(0, BK), tl.arange(0, BF)
+    m_w = (o_k < K)[:, None] & (o_f < FH)[None, :]
+    p_w = w + h.to(tl.int64) * K * FH + o_k[:, None] * FH + o_f[None, :]
+    b_w = tl.load(p_w, mask=m_w, other=0.0).to(tl.float32)  # [BK, BF]
+    x += i_bx * T * K
+    dx += i_bx * T * K
+    dz += i_bh.to(tl.int64) * T * FH
+    t_lo = i_p * TPP
+    t_hi = tl.minimum(t_lo + TPP, tl.cdiv(T, BT))
+    b_dw = tl.zeros([BK, BF], dtype=tl.float32)
+    for i_t in range(t_lo, t_hi):
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_dz = load_rows(dz, o_t, m_t, FH, BF)  # [BT, BF]
+        if NEED_DW:
+            b_x = load_rows(x, o_t, m_t, K, BK)  # [BT, BK]
+            b_dw += dot(tl.trans(b_x), b_dz, DT, PREC)  # [BK, BF]
+        if NEED_DX:
+            if h % G == 0:  # this x head's first query head writes dx, summing the group's heads
+                b_dx = dot(b_dz, tl.trans(b_w), DT, PREC)  # [BT, BK]
+                for j in tl.static_range(1, G):
+                    b_dzj = load_rows(dz + j * T * FH, o_t, m_t, FH, BF)
+                    b_wj = tl.load(p_w + j * K * FH, mask=m_w, other=0.0).to(tl.float32)
+                    b_dx += dot(b_dzj, tl.trans(b_wj), DT, PREC)
+                store_rows(dx, b_dx, o_t, m_t, K, BK)
+    if NEED_DW:
+        p_dw = dw_part + PART_OFFSET + (i_p * tl.num_programs(1) + i_bh).to(tl.int64) * K * FH
+        tl.store(p_dw + o_k[:, None] * FH + o_f[None, :], b_dw, mask=m_w)
+
+
+@functools.lru_cache(maxsize=256)  # host time: the launch plan once per shape
+def _plan(B, H, T, device):
+    """(grid, TPP): about _PROGRAMS_PER_SM programs per multiprocessor, each TPP consecutive tiles of one head."""
+    n_tiles = triton.cdiv(T, _BT)
+    per_head = max(1, min(n_tiles, triton.cdiv(_PROGRAMS_PER_SM * multiprocessors(device, _INTERPRETER_SMS), B * H)))
+    tpp = triton.cdiv(n_tiles, per_head)
+    return (triton.cdiv(n_tiles, tpp), B * H), tpp
+
+
+def kernel_takes(dz, x, w) -> bool:
+    """Whether project_back_maps launches the kernel for this map: PROJECT_BACK_KERNEL, a GPU tensor (or the
+    interpreter), K and f up to 128 (the [K, f] fp32 accumulator), contiguous inputs of one float dtype for x
+    and dz."""
+    return (PROJECT_BACK_KERNEL and (x.is_cuda or is_interpreter()) and block(x.shape[-1]) <= 128
+            and block(w.shape[-1]) <= 128 and dz.dtype == x.dtype and x.is_contiguous() and dz.is_contiguous()
+            and w.is_contiguous())  # fmt: skip
+
+
+def project_back_maps(maps):
+    """dx and dW of several maps' projections, ``[(dz, x, w, need_dx, need_dw), ...]`` with dz [B, H, T, f],
+    x [B, XH, T, K] (XH dividing H), w [H, K, f], all of one shape (the staged op's q and k maps; grouped-query
+    keys have their own XH): one launch per map; the weight gradients of all maps from one partial buffer and
+    one sum. Returns ``[(dx or None, dw or None), ...]``: dx in x's dtype, dw in w's dtype."""
+    dz0, x0, w0 = maps[0][:3]
+    B, H, T, f = dz0.shape
+    K = x0.shape[-1]
+    grid, tpp = _plan(B, H, T, x0.device)
+    n_dw = sum(1 for m in maps if m[4])
+    part = x0.new_empty(n_dw, grid[0] * B, H, K, f, dtype=torch.float32) if n_dw else None
+    out, i_dw = [], 0
+    for dz, x, w, need_dx, need_dw in maps:
+        dx = x.new_empty(x.shape) if need_dx else None
+        if need_dx or need_dw:
+            launch_jit(
+                project_back_kernel, grid, x, w, dz, dx if need_dx else x, part if need_dw else w, T, tpp,
+                i_dw * grid[0] * B * H * K * f, H=H, G=H // x.shape[1], K=K, FH=f, BT=_BT, BK=block(K), BF=block(f),
+                PREC=dot_precision(x.dtype), LOWP=x.dtype != torch.float32, NEED_DX=need_dx, NEED_DW=need_dw,
+                num_warps=_NUM_WARPS, num_stages=_STAGES,
+            )  # fmt: skip
+        out.append([dx, i_dw if need_dw else None])
+        i_dw += int(need_dw)
+    if n_dw:
+        dws = part.sum(1)  # [n_dw, H, K, f] fp32
+        for item, (_, _, w, _, _) in zip(out, maps):
+            if item[1] is not None:
+                item[1] = dws[item[1]].to(w.dtype)
+    return [tuple(item) for item in out]
