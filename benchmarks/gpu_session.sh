@@ -28,7 +28,8 @@
 #             tests with both on, then 4k (graphed_vs_eager: SDPA, linear, Hedgehog) at off/off, dn, split, both,
 #             off/off again, each its own process (~8 min)
 #   dn-hybrid  the hybrid kernels' GPU tests with the rounded dn (LOLCATS_DN_ROUNDED=1, which since session 19 also
-#             governs the hybrid kernels), then the hybrid at 4k / 16k beside SDPA with it 0 and 1 (graphed_vs_eager, each its own process; ~5.5 min on a fresh machine)
+#             governs the hybrid kernels), then the hybrid at 4k / 16k beside SDPA with it 0 and 1 (graphed_vs_eager,
+#             each its own process; ~5.5 min on a fresh machine)
 #   project-back  hedgehog_project.py's kernel (LOLCATS_PROJECT_BACK_KERNEL=1; the cuBLAS GEMMs otherwise): its
 #             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
 #             its host breakdown at 4k with it off / on, each its own process, and its kernels profiled (~6 min)
