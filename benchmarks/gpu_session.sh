@@ -221,8 +221,9 @@ for step in "$@"; do
         project-back)  # hedgehog_project.PROJECT_BACK_KERNEL: its GPU tests and the staged op's with it on, then
             # the Hedgehog op at 4k / 16k beside SDPA with it 0 and 1 (each its own process), host time and kernels
             LK=tests/kernels/test_linear_attn_kernel.py
-            LOLCATS_PROJECT_BACK_KERNEL=1 run 200 project-back-tests python3 -m pytest -m "gpu or not gpu" \
+            LOLCATS_PROJECT_BACK_KERNEL=1 run 240 project-back-tests python3 -m pytest -m "gpu or not gpu" \
                 tests/kernels/test_hedgehog_project_kernel.py "$LK::test_gpu_hedgehog_staged_large" \
+                tests/kernels/test_hedgehog_hybrid_kernel.py::test_gpu_bf16_recipe_shape \
                 --timeout 120 -p no:cacheprovider -rA -q
             for flag in 0 1; do
                 LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \

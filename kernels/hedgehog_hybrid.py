@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from ._utils import check_once, check_projection
-from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward, project_back
+from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward
+from .hedgehog_project import project_back_any
 from .hybrid_attn import HYBRID_EPS, check_hybrid_args, save_forward, saved_backward
 
 
@@ -40,20 +41,12 @@ class HedgehogHybridFunction(torch.autograd.Function):
     def backward(ctx, do):
         (wq, wk), (q, k), (dq, dk, dv, dfq, dfk, d_logit) = saved_backward(ctx, do)
         need_q, need_k, _, need_wq, need_wk = ctx.needs_input_grad[:5]
-        dwq = dwk = None
-        if need_q or need_wq:
-            dq, dwq = _map_backward(q, wq, dfq, dq, need_q, need_wq)
-        if need_k or need_wk:
-            dk, dwk = _map_backward(k, wk, dfk, dk, need_k, need_wk)
-        return dq, dk, dv, dwq, dwk, d_logit, None, None, None, None, None, None, None
-
-
-def _map_backward(x, w, dphi, dx_attn, need_x: bool, need_w: bool):
-    """(dx, dw) for one map: dx = dx_attn + dz W^T (added in place by the map's backward kernel, dz in
-    registers), dw = sum x^T dz (a GEMM over the dz the kernel writes only then)."""
-    dz = map_backward(x, w, dphi, dx=dx_attn if need_x else None, need_dz=need_w)  # [B, H, T, f] or None
-    dw = project_back(dz, x, w, need_dx=False, need_dw=True)[1] if need_w else None
-    return (dx_attn if need_x else None), dw
+        # each map's backward kernel adds dz W^T into the attention's dx in place (dz in registers) and writes
+        # dz only for the weight's gradient, which hedgehog_project's kernel (or a GEMM) then takes
+        dz_q = map_backward(q, wq, dfq, dx=dq if need_q else None, need_dz=need_wq) if need_q or need_wq else None
+        dz_k = map_backward(k, wk, dfk, dx=dk if need_k else None, need_dz=need_wk) if need_k or need_wk else None
+        (_, dwq), (_, dwk) = project_back_any([(dz_q, q, wq, False, need_wq), (dz_k, k, wk, False, need_wk)])
+        return (dq if need_q else None), (dk if need_k else None), dv, dwq, dwk, d_logit, *(None,) * 7
 
 
 def hedgehog_hybrid_attn(

@@ -21,10 +21,11 @@ phi, which they read anyway (``DZ_IN_KERNELS``, for phi up to 128 features, or 2
 with ``_tl_helpers.PHI_FOLD_SPLIT``: ``takes_dz_in_kernels``; ``_tl_helpers.phi_halves_dz``): they write dz =
 d(x W) [B, H, T, f] per query head instead of dphi [B, H, T, 2f], and no map backward kernel runs. The softmax
 values are then phi as stored (bf16 for bf16 inputs, where the map's backward kernel recomputes them in fp32
-from x). ``project_back`` takes dx = dz W^T (summed over each key head's query heads) and dW = x^T dz as
-GEMMs, only for the inputs that need a gradient. Otherwise (``DZ_IN_KERNELS = False``, or wider maps) the
-linear backward writes dphi and each map's backward kernel turns it into dz (the form measured in session 11's
-first calls).
+from x). ``hedgehog_project.project_back_any`` takes dx = dz W^T (summed over each key head's query heads)
+and dW = x^T dz, only for the inputs that need a gradient: one Triton launch per map and one sum of both
+maps' weight partials (``hedgehog_project.PROJECT_BACK_KERNEL``), or cuBLAS GEMMs (``hedgehog_map.project_back``).
+Otherwise (``DZ_IN_KERNELS = False``, or wider maps) the linear backward writes dphi and each map's backward
+kernel turns it into dz (the form measured in session 11's first calls).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import torch
 
 from . import _tl_helpers
 from ._utils import block
-from .hedgehog_map import map_backward, map_forward, project_back
-from .hedgehog_project import kernel_takes, project_back_maps
+from .hedgehog_map import map_backward, map_forward
+from .hedgehog_project import project_back_any
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
 
 # dz from phi in the linear backward kernels (see takes_dz_in_kernels); False: dphi, then the map backward
@@ -86,23 +87,14 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
         dq_rows, dk_rows, dv, _, _ = linear_attn_bwd(fq, fk, v, y, do.contiguous(), (den, s0, z0, ctx.cps),
                                                      chunk_size=ctx.chunk_size,
                                                      phi_half=wq.shape[-1] if dz_in_kernels else 0)  # fmt: skip
-        if dz_in_kernels and kernel_takes(dq_rows, q, wq) and kernel_takes(dk_rows, k, wk):
-            # both maps' projection backward in two launches and one sum (hedgehog_project.py)
-            (dq, dwq), (dk, dwk) = project_back_maps([(dq_rows, q, wq, need_q, need_wq),
-                                                      (dk_rows, k, wk, need_k, need_wk)])  # fmt: skip
-        else:
-            dq, dwq = _map_grad(q, wq, dq_rows, dz_in_kernels, need_q, need_wq)
-            dk, dwk = _map_grad(k, wk, dk_rows, dz_in_kernels, need_k, need_wk)
+        if dz_in_kernels:
+            dz_q, dz_k = dq_rows, dk_rows  # [B, H, T, f]
+        else:  # dphi [B, H, T, 2f] through each map's backward kernel
+            dz_q = map_backward(q, wq, dq_rows) if need_q or need_wq else None
+            dz_k = map_backward(k, wk, dk_rows) if need_k or need_wk else None
+        # the projections' backward: hedgehog_project's kernel (both maps, one sum) or cuBLAS GEMMs
+        (dq, dwq), (dk, dwk) = project_back_any([(dz_q, q, wq, need_q, need_wq), (dz_k, k, wk, need_k, need_wk)])
         return dq, dk, dv, dwq, dwk, None, None, None
-
-
-def _map_grad(x, w, rows, rows_are_dz: bool, need_x: bool, need_w: bool):
-    """(dx, dw) of one map from dz [B, H, T, f] or, when not ``rows_are_dz``, from the features' gradient
-    dphi [B, H, T, 2f] through the map's backward kernel; None for what is not needed."""
-    if not (need_x or need_w):
-        return None, None
-    dz = rows if rows_are_dz else map_backward(x, w, rows)  # [B, H, T, f] in x's dtype
-    return project_back(dz, x, w, need_dx=need_x, need_dw=need_w)
 
 
 def staged_hedgehog_linear_attn(q, k, v, wq, wk, *, eps, chunk_size, segment_chunks):

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launch_jit
+from .hedgehog_map import project_back
 from ._tl_helpers import dot, load_rows, store_rows
 from ._utils import block, dot_precision, is_interpreter, multiprocessors
 
@@ -134,3 +135,17 @@ def project_back_maps(maps):
             if item[1] is not None:
                 item[1] = dws[item[1]].to(w.dtype)
     return [tuple(item) for item in out]
+
+
+def project_back_any(maps):
+    """``[(dz, x, w, need_dx, need_dw), ...]`` -> ``[(dx or None, dw or None), ...]`` as :func:`project_back_maps`
+    where the kernel takes every map that needs something (:func:`kernel_takes`; one dz shape and head dim),
+    else through ``hedgehog_map.project_back``'s GEMMs map by map. A map that needs nothing is not read (its dz
+    may be None)."""
+    live = [m for m in maps if m[3] or m[4]]
+    one_shape = len({(m[0].shape, m[1].shape[-1]) for m in live}) == 1
+    if live and one_shape and all(kernel_takes(*m[:3]) for m in live):
+        got = iter(project_back_maps(live))
+    else:
+        got = iter([project_back(dz, x, w, need_dx=nx, need_dw=nw) for dz, x, w, nx, nw in live])
+    return [next(got) if (m[3] or m[4]) else (None, None) for m in maps]

@@ -52,7 +52,8 @@ fp32) for kernel 2. That drops three of kernel 1's seven dots per chunk (fq fk^T
 its loads of the query features. With the fused map both kernels recompute phi and back-propagate through
 the softmaxes to the gradient of z2 = x W2, and write that of the projection's output z = x W ([B, H, T, f]
 in x's dtype: the difference of z2's interleaved column pairs, taken in fp32 in the kernel); the projection's
-backward (dx = dz W^T, dW = x^T dz) then runs as two GEMMs over the whole sequence (``hedgehog_map.project_back``):
+backward (dx = dz W^T, dW = x^T dz) then runs over the whole sequence (``hedgehog_project.project_back_any``:
+two GEMMs per map, or one Triton launch per map):
 accumulating dW in the kernels held two more [K, F] fp32 tiles in registers, and the kernels spilled, and
 writing dx = d(x W2) W2^T from the kernels (one more dot per chunk, no GEMM reading dz back) made them slower
 by more than the GEMM took on the H200 (16k: 5.19 against 5.01 ms, results/*-session9-fused-dx-rejected.json).
@@ -95,7 +96,8 @@ from ._utils import (
     check_tensor,
     dot_precision,
 )
-from .hedgehog_map import hedgehog_map_fits, project_back
+from .hedgehog_map import hedgehog_map_fits
+from .hedgehog_project import project_back_any
 from .segments import bounds_tensor, fold_mode, plan_segments, segment_states
 
 LINEAR_EPS = 1e-12
@@ -428,8 +430,8 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32, p
         if GK > 1:
             dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
         return dq, dk, dv, None, None
-    dq, dwq = project_back(dq, q, wq)  # the projection's backward: two GEMMs over the whole sequence
-    dk, dwk = project_back(dk, k, wk)
+    # the projections' backward: hedgehog_project's kernel where it takes dz (in q's dtype), else cuBLAS GEMMs
+    (dq, dwq), (dk, dwk) = project_back_any([(dq, q, wq, True, True), (dk, k, wk, True, True)])
     return dq, dk, dv, dwq, dwk
 
 
