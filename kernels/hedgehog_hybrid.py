@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ._utils import check_once, check_projection
-from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward
+from .hedgehog_map import hedgehog_map_fits, map_backward, map_forward_pair
 from .hedgehog_project import project_back_any
 from .hybrid_attn import HYBRID_EPS, check_hybrid_args, save_forward, saved_backward
 
@@ -34,7 +34,7 @@ class HedgehogHybridFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, wq, wk, window_logit, *cfg):
-        fq, fk = map_forward(q, wq), map_forward(k, wk)  # [B, H, T, 2f] in q's dtype
+        fq, fk = map_forward_pair(q, wq, k, wk)  # [B, H, T, 2f] in q's dtype, one launch
         return save_forward(ctx, q, k, v, fq, fk, window_logit, *cfg, extra=(wq, wk))
 
     @staticmethod

@@ -34,7 +34,7 @@ import torch
 
 from . import _tl_helpers
 from ._utils import block
-from .hedgehog_map import map_backward, map_forward
+from .hedgehog_map import map_backward, map_forward_pair
 from .hedgehog_project import project_back_any
 from .linear_attn import linear_attn_bwd, linear_attn_fwd
 
@@ -70,8 +70,8 @@ class HedgehogLinearStagedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, wq, wk, eps, chunk_size, segment_chunks):
-        fq = map_forward(q, wq)  # [B, H, T, 2f] in q's dtype
-        fk = map_forward(k, wk)  # [B, H, T, 2f]: one map per query head, k's heads read in place
+        # [B, H, T, 2f] each in q's dtype, one launch: one map per query head, k's heads read in place
+        fq, fk = map_forward_pair(q, wq, k, wk)
         y, (den, s0, z0, cps) = linear_attn_fwd(fq, fk, v, eps=eps, chunk_size=chunk_size,
                                                 segment_chunks=segment_chunks)  # fmt: skip
         ctx.save_for_backward(q, k, v, wq, wk, fq, fk, y, den, s0, z0)

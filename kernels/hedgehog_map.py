@@ -102,10 +102,22 @@ def _tile_softmaxes(x, b_w, m_f, i_t, T, K: tl.constexpr, BT: tl.constexpr, BK: 
 
 @triton.jit(do_not_specialize=["T", "TPP"])
 def hedgehog_map_fwd_kernel(
-    x, w, phi, T, TPP, H: tl.constexpr, GX: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr,
+    x, w, phi, x2, w2, phi2, T, TPP, H: tl.constexpr, GX: tl.constexpr, GX2: tl.constexpr, K: tl.constexpr,
+    FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(n_tiles, TPP), B*H): phi of TPP tiles of BT tokens of one (batch, query head), two halves."""
+    """Grid (cdiv(n_tiles, TPP), B*H, 1 or 2): phi of TPP tiles of BT tokens of one (batch, query head), two
+    halves; programs with program_id(2) = 1 map the second input (x2 with H / GX2 heads, w2, phi2: the pair of
+    :func:`map_forward_pair`, one launch for q's and k's maps)."""
+    if tl.program_id(2) == 0:
+        _map_fwd_tiles(x, w, phi, T, TPP, H, GX, K, FH, BT, BK, BF, PREC)
+    else:
+        _map_fwd_tiles(x2, w2, phi2, T, TPP, H, GX2, K, FH, BT, BK, BF, PREC)
+
+
+@triton.jit
+def _map_fwd_tiles(x, w, phi, T, TPP, H: tl.constexpr, GX: tl.constexpr, K: tl.constexpr, FH: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """One program's tiles of hedgehog_map_fwd_kernel for one map."""
     i_bh64, i_bx64, b_w, m_f, t_lo, t_hi = _program_setup(w, T, TPP, H, GX, K, FH, BT, BK, BF)
     x += i_bx64 * T * K
     phi += i_bh64 * T * 2 * FH
@@ -229,8 +241,24 @@ def map_forward(x, w):
     w [H, K, f]: query head h maps x head h // (H / XH), as after HF's repeat_kv, without the repeat)."""
     grid, tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD, _NUM_WARPS)
     phi = x.new_empty(x.shape[0], w.shape[0], x.shape[2], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
-    launch_jit(hedgehog_map_fwd_kernel, grid, x, w, phi, x.shape[2], tpp, **meta)
+    launch_jit(hedgehog_map_fwd_kernel, grid, x, w, phi, x, w, phi, x.shape[2], tpp, GX2=meta["GX"], **meta)
     return phi
+
+
+def map_forward_pair(x, w, x2, w2):
+    """(map_forward(x, w), map_forward(x2, w2)) in one launch: q's and k's maps, which share the batch, query
+    heads, length, head dim, feature count and dtype (x2 may have fewer heads: grouped-query keys). A launch
+    is about 15 us of host time on the H100 machine (session 19's host breakdown), which an eager 4k call
+    waits on."""
+    if x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:] or w2.shape != w.shape or x2.dtype != x.dtype:
+        raise ValueError(f"map_forward_pair needs maps of one shape: x {tuple(x.shape)} {x.dtype}, w {tuple(w.shape)}; "
+                         f"x2 {tuple(x2.shape)} {x2.dtype}, w2 {tuple(w2.shape)}")  # fmt: skip
+    (g0, g1), tpp, meta = _launch_args(x, w, _BT_FWD, _STAGES_FWD, _NUM_WARPS)
+    phi = x.new_empty(x.shape[0], w.shape[0], x.shape[2], 2 * w.shape[-1])  # [B, H, T, 2f] in x's dtype
+    phi2 = torch.empty_like(phi)
+    launch_jit(hedgehog_map_fwd_kernel, (g0, g1, 2), x, w, phi, x2, w2, phi2, x.shape[2], tpp,
+               GX2=w2.shape[0] // x2.shape[1], **meta)  # fmt: skip
+    return phi, phi2
 
 
 def map_backward(x, w, dphi, dx=None, need_dz: bool = True):

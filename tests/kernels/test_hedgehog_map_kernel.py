@@ -210,3 +210,19 @@ def test_fp32_output_gemm_falls_back_with_a_warning_where_refused(monkeypatch):
         got = hm._bmm_as(a.as_subclass(ClaimsCuda), b, torch.float32)
     assert hm._FP32_OUT_GEMMS is False and got.dtype == torch.float32
     assert torch.equal(got.as_subclass(torch.Tensor), torch.bmm(a, b).float())
+
+
+def test_map_forward_pair_equals_two_launches():
+    """map_forward_pair (q's and k's maps in one launch, k with fewer heads) gives bitwise each map_forward, and
+    maps of different shapes are refused with both shapes named."""
+    from lolcats_lab.kernels.hedgehog_map import map_forward, map_forward_pair
+
+    g = torch.Generator().manual_seed(12)
+    q = torch.randn(2, 4, 45, 12, generator=g).to(DEVICE)
+    k = torch.randn(2, 2, 45, 12, generator=g).to(DEVICE)
+    wq, wk = (torch.randn(4, 12, 5, generator=g).to(DEVICE) for _ in range(2))
+    fq, fk = map_forward_pair(q, wq, k, wk)
+    assert torch.equal(fq, map_forward(q, wq)) and torch.equal(fk, map_forward(k, wk))
+    check_close("fk", hedgehog_phi(k.repeat_interleave(2, dim=1), wk), fk, **TOLERANCES[torch.float32])
+    with pytest.raises(ValueError, match=r"map_forward_pair needs maps of one shape: x \(2, 4, 45, 12\)"):
+        map_forward_pair(q, wq, k[:, :, :40].contiguous(), wk)
