@@ -1,4 +1,4 @@
-"""The backward of the Hedgehog map's projection z = x W_h as one Triton kernel per map.
+"""The backward of the Hedgehog maps' projections z = x W_h: one Triton launch for q's and k's maps.
 
 Math, per batch element b, query head h (x head h // G: grouped-query keys read in place) and token t:
 
@@ -11,12 +11,13 @@ the einsum in ``tests/kernels/test_hedgehog_project_kernel.py``.
 Why a kernel: at 4k tokens an eager forward+backward of the staged Hedgehog op waits on the host, and py-spy
 on the H100 machine put 24% of its busy host time in ``project_back``'s four GEMM calls (session 19,
 benchmarks/README.md): about twice a kept Triton launch each, with cuBLASLt's heuristics looked up per call for
-the fp32-output GEMM, and a dozen view / permute / cast operators around them. Here each map is one launch and
-both maps' weight gradients one reduction.
+the fp32-output GEMM, and a dozen view / permute / cast operators around them. Here both maps are one launch
+and both maps' weight gradients one reduction.
 
-Layout: a program walks TPP consecutive tiles of BT tokens of one (batch, query head), loads W_h once, and
-accumulates its share of dW_h [K, f] in fp32 registers; the shares go to a partial buffer [P B, H, K, f] fp32
-(P programs per head), summed over its first dim by PyTorch (deterministic, unlike atomics). The program of the
+Layout: one launch for both maps (grid z), each program walking TPP consecutive tiles of BT tokens of one
+(batch, query head) of one map; it loads W_h once and accumulates its share of dW_h [K, f] in fp32 registers;
+the shares go to a partial buffer [P B, H, K, f] fp32 per map (P programs per head), summed over that dim by
+PyTorch (deterministic, unlike atomics). The program of the
 first query head of each x head (g = 0) also writes dx for its tiles, adding the other G - 1 heads' dz W^T
 (their W from L2). Dot operands in x's half type for fp16/bf16 inputs (fp32 accumulation, as cuBLAS's bf16
 GEMMs), three-TF32 for fp32 (_utils.dot_precision).
@@ -45,15 +46,31 @@ _PROGRAMS_PER_SM = 2
 _INTERPRETER_SMS = 4
 
 
-@triton.jit(do_not_specialize=["T", "TPP", "PART_OFFSET"])
+@triton.jit(do_not_specialize=["T", "TPP", "PART_OFFSET2"])
 def project_back_kernel(
-    x, w, dz, dx, dw_part, T, TPP, PART_OFFSET, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
-    FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr,
-    LOWP: tl.constexpr, NEED_DX: tl.constexpr, NEED_DW: tl.constexpr,
+    x, w, dz, dx, x2, w2, dz2, dx2, dw_part, T, TPP, PART_OFFSET2, H: tl.constexpr, G: tl.constexpr,
+    G2: tl.constexpr, K: tl.constexpr, FH: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr,
+    PREC: tl.constexpr, LOWP: tl.constexpr, NEED_DX: tl.constexpr, NEED_DW: tl.constexpr, NEED_DX2: tl.constexpr,
+    NEED_DW2: tl.constexpr,
 ):  # fmt: skip
-    """Grid (P, B*H): program (p, b H + h) takes tiles [p TPP, (p + 1) TPP) of query head h of batch b.
-    x [B, H / G, T, K], w [H, K, FH], dz [B, H, T, FH] contiguous; dx like x; dw_part [.., P B H, K, FH] fp32,
-    this map's block at element PART_OFFSET."""
+    """Grid (P, B*H, 1 or 2): program (p, b H + h, m) takes tiles [p TPP, (p + 1) TPP) of query head h of batch
+    b of map m: (x, w, dz, dx, G) for m = 0, (x2, w2, dz2, dx2, G2) for m = 1, its dW partials at element 0 or
+    PART_OFFSET2 of dw_part."""
+    if tl.program_id(2) == 0:
+        _project_tiles(x, w, dz, dx, dw_part, T, TPP, H, G, K, FH, BT, BK, BF, PREC, LOWP, NEED_DX, NEED_DW)
+    else:
+        _project_tiles(x2, w2, dz2, dx2, dw_part + PART_OFFSET2, T, TPP, H, G2, K, FH, BT, BK, BF, PREC, LOWP,
+                       NEED_DX2, NEED_DW2)  # fmt: skip
+
+
+@triton.jit
+def _project_tiles(
+    x, w, dz, dx, dw_part, T, TPP, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, FH: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BF: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DW: tl.constexpr,
+):  # fmt: skip
+    """One program's tiles for one map: x [B, H / G, T, K], w [H, K, FH], dz [B, H, T, FH] contiguous; dx like
+    x; dw_part [P B H, K, FH] fp32 (this map's block)."""
     DT = x.dtype.element_ty if LOWP else tl.float32
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
     h = i_bh % H
@@ -84,7 +101,7 @@ def project_back_kernel(
                     b_dx += dot(b_dzj, tl.trans(b_wj), DT, PREC)
                 store_rows(dx, b_dx, o_t, m_t, K, BK)
     if NEED_DW:
-        p_dw = dw_part + PART_OFFSET + (i_p * tl.num_programs(1) + i_bh).to(tl.int64) * K * FH
+        p_dw = dw_part + (i_p * tl.num_programs(1) + i_bh).to(tl.int64) * K * FH
         tl.store(p_dw + o_k[:, None] * FH + o_f[None, :], b_dw, mask=m_w)
 
 
@@ -107,34 +124,36 @@ def kernel_takes(dz, x, w) -> bool:
 
 
 def project_back_maps(maps):
-    """dx and dW of several maps' projections, ``[(dz, x, w, need_dx, need_dw), ...]`` with dz [B, H, T, f],
-    x [B, XH, T, K] (XH dividing H), w [H, K, f], all of one shape (the staged op's q and k maps; grouped-query
-    keys have their own XH): one launch per map; the weight gradients of all maps from one partial buffer and
-    one sum. Returns ``[(dx or None, dw or None), ...]``: dx in x's dtype, dw in w's dtype."""
-    dz0, x0, w0 = maps[0][:3]
+    """dx and dW of one or two maps' projections, ``[(dz, x, w, need_dx, need_dw), ...]`` with dz [B, H, T, f],
+    x [B, XH, T, K] (XH dividing H), w [H, K, f], both of one shape but for XH (the staged op's q and k maps;
+    grouped-query keys have fewer heads): one launch, the weight gradients of both maps from one partial
+    buffer and one sum. Returns ``[(dx or None, dw or None), ...]``: dx in x's dtype, dw in w's dtype."""
+    if not 1 <= len(maps) <= 2:
+        raise ValueError(f"project_back_maps takes one or two maps, got {len(maps)}")
+    dz0, x0 = maps[0][:2]
     B, H, T, f = dz0.shape
     K = x0.shape[-1]
     grid, tpp = _plan(B, H, T, x0.device)
+    block_size = grid[0] * B * H * K * f  # one map's partials [P B, H, K, f]
     n_dw = sum(1 for m in maps if m[4])
-    part = x0.new_empty(n_dw, grid[0] * B, H, K, f, dtype=torch.float32) if n_dw else None
+    part = x0.new_empty(n_dw, grid[0] * B, H, K, f, dtype=torch.float32) if n_dw else x0
+    dxs = [x.new_empty(x.shape) if need_dx else None for _, x, _, need_dx, _ in maps]
+    args, meta = [], {}
+    for i, (dz, x, w, need_dx, need_dw) in enumerate(maps + maps[:1] * (2 - len(maps))):  # a lone map twice
+        args.append((x, w, dz, dxs[min(i, len(maps) - 1)] if need_dx else x))
+        meta[f"G{'2' if i else ''}"] = H // x.shape[1]
+        meta[f"NEED_DX{'2' if i else ''}"], meta[f"NEED_DW{'2' if i else ''}"] = need_dx, need_dw
+    launch_jit(
+        project_back_kernel, (*grid, len(maps)), *args[0], *args[1], part, T, tpp,
+        block_size if maps[0][4] else 0, H=H, K=K, FH=f, BT=_BT, BK=block(K), BF=block(f),
+        PREC=dot_precision(x0.dtype), LOWP=x0.dtype != torch.float32, num_warps=_NUM_WARPS, num_stages=_STAGES, **meta,
+    )  # fmt: skip
+    dws = part.sum(1) if n_dw else None  # [n_dw, H, K, f] fp32
     out, i_dw = [], 0
-    for dz, x, w, need_dx, need_dw in maps:
-        dx = x.new_empty(x.shape) if need_dx else None
-        if need_dx or need_dw:
-            launch_jit(
-                project_back_kernel, grid, x, w, dz, dx if need_dx else x, part if need_dw else w, T, tpp,
-                i_dw * grid[0] * B * H * K * f, H=H, G=H // x.shape[1], K=K, FH=f, BT=_BT, BK=block(K), BF=block(f),
-                PREC=dot_precision(x.dtype), LOWP=x.dtype != torch.float32, NEED_DX=need_dx, NEED_DW=need_dw,
-                num_warps=_NUM_WARPS, num_stages=_STAGES,
-            )  # fmt: skip
-        out.append([dx, i_dw if need_dw else None])
+    for (_, _, w, _, need_dw), dx in zip(maps, dxs):
+        out.append((dx, dws[i_dw].to(w.dtype) if need_dw else None))
         i_dw += int(need_dw)
-    if n_dw:
-        dws = part.sum(1)  # [n_dw, H, K, f] fp32
-        for item, (_, _, w, _, _) in zip(out, maps):
-            if item[1] is not None:
-                item[1] = dws[item[1]].to(w.dtype)
-    return [tuple(item) for item in out]
+    return out
 
 
 def project_back_any(maps):
