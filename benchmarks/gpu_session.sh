@@ -32,7 +32,9 @@
 #             each its own process; ~5.5 min on a fresh machine)
 #   project-back  hedgehog_project.py's kernel (LOLCATS_PROJECT_BACK_KERNEL=1; the cuBLAS GEMMs otherwise): its
 #             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
-#             its host breakdown at 4k with it off / on, each its own process, and its kernels profiled (~6 min)
+#             its host breakdown at 4k with it off / on, each its own process (~5 min on a fresh machine)
+#   project-back-ab  its kernels profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the Hedgehog op
+#             of that tree at 4k / 16k and its host breakdown (~3 min)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -232,8 +234,18 @@ for step in "$@"; do
                 LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
                     --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
             done
+ ;;
+        project-back-ab)  # then: the profile with the kernel on, and with BASELINE the tree before (same lengths)
             LOLCATS_PROJECT_BACK_KERNEL=1 run 60 project-back-profile python3 benchmarks/profile_kernels.py \
-                --lengths 4096 16384 --ops triton_hedgehog_f64 --out "$OUT/project-back-profile.json" ;;
+                --lengths 4096 16384 --ops triton_hedgehog_f64 --out "$OUT/project-back-profile.json"
+            if [ -n "${BASELINE:-}" ]; then
+                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 80 project-back-baseline \
+                    python3 benchmarks/graphed_vs_eager.py --lengths 4096 16384 --check-t 2048 \
+                    --providers sdpa triton_hedgehog_f64 --out "$OUT/project-back-baseline.json"
+                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 50 project-back-host-baseline \
+                    python3 benchmarks/host_breakdown.py --T 4096 --ops sdpa hedgehog \
+                    --out "$OUT/project-back-host-baseline.json"
+            fi ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;
         tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA
