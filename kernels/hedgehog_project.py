@@ -148,12 +148,8 @@ def project_back_maps(maps):
         block_size if maps[0][4] else 0, H=H, K=K, FH=f, BT=_BT, BK=block(K), BF=block(f),
         PREC=dot_precision(x0.dtype), LOWP=x0.dtype != torch.float32, num_warps=_NUM_WARPS, num_stages=_STAGES, **meta,
     )  # fmt: skip
-    dws = part.sum(1) if n_dw else None  # [n_dw, H, K, f] fp32
-    out, i_dw = [], 0
-    for (_, _, w, _, need_dw), dx in zip(maps, dxs):
-        out.append((dx, dws[i_dw].to(w.dtype) if need_dw else None))
-        i_dw += int(need_dw)
-    return out
+    dws = iter(part.sum(1).unbind() if n_dw else ())  # each [H, K, f] fp32 (one operator for the views)
+    return [(dx, next(dws).to(w.dtype) if need_dw else None) for (_, _, w, _, need_dw), dx in zip(maps, dxs)]
 
 
 def project_back_any(maps):
