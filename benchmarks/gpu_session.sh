@@ -33,7 +33,8 @@
 #   project-back  hedgehog_project.py's kernel (LOLCATS_PROJECT_BACK_KERNEL=1; the cuBLAS GEMMs otherwise): its
 #             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
 #             its host breakdown at 4k with it off / on, each its own process (~5 min on a fresh machine)
-#   project-back-ab  its kernels profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the Hedgehog op
+#   project-back-ab  the kernel by launch config beside the GEMMs (sweep_project_back.py), the op's kernels
+#             profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the Hedgehog op
 #             of that tree at 4k / 16k and its host breakdown (~3 min)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
@@ -235,7 +236,10 @@ for step in "$@"; do
                     --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
             done
  ;;
-        project-back-ab)  # then: the profile with the kernel on, and with BASELINE the tree before (same lengths)
+        project-back-ab)  # then: the kernel by launch config beside cuBLAS, the profile with the kernel on, and with
+            # BASELINE the tree before (same lengths)
+            run 150 sweep-project-back python3 benchmarks/sweep_project_back.py --lengths 4096 16384 \
+                --out "$OUT/sweep-project-back.json"
             LOLCATS_PROJECT_BACK_KERNEL=1 run 60 project-back-profile python3 benchmarks/profile_kernels.py \
                 --lengths 4096 16384 --ops triton_hedgehog_f64 --out "$OUT/project-back-profile.json"
             if [ -n "${BASELINE:-}" ]; then
