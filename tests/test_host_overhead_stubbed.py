@@ -2,6 +2,7 @@
 subprocess, since it patches Triton's launch classes for the whole process."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(out: Path, *args: str) -> tuple[str, dict]:
-    """Run host_overhead_stubbed.py with ``args`` writing ``out``: (its stdout, the record it wrote)."""
+def run_script(out: Path, *args: str, env: dict | None = None) -> tuple[str, dict]:
+    """Run host_overhead_stubbed.py with ``args`` writing ``out`` (``env``: variables added to this process's):
+    (its stdout, the record it wrote)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "host_overhead_stubbed.py"), *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout, json.loads(out.read_text())
@@ -53,14 +55,22 @@ def test_gpu_plan_counts_a_gpu_calls_launches(tmp_path):
 
 
 def test_counts_the_pytorch_ops_of_a_call(tmp_path):
-    """The aten-op count of the Hedgehog op at batch 1 (one x head per map): its projections' backward is four
-    plain bmm (dx and dw per map), with no broadcast matmul (expand / as_strided / _unsafe_view) around them;
-    the count covers every op, views included, and is larger than the linear op's on precomputed features."""
+    """The aten-op count of the Hedgehog op at batch 1 (one x head per map), both forms of its projections'
+    backward: cuBLAS (LOLCATS_PROJECT_BACK_KERNEL=0: four plain bmm, dx and dw per map, with no broadcast matmul,
+    expand / as_strided / _unsafe_view, around them) and the kernel (=1: no GEMM, one sum of both maps' weight
+    partials and one unbind, over 20 operators fewer, one launch more: the maps' forward is one launch). The
+    count covers every op, views included, and is larger than the linear op's on precomputed features."""
     recs = {}
-    for op in ("hedgehog", "linear"):
-        out = tmp_path / f"{op}.json"
-        stdout, recs[op] = run_script(out, "--kept", "--op", op, "--T", "40", "--calls", "1", "--repeats", "1")
-        assert f"{recs[op]['aten_ops_per_call']} PyTorch ops per call" in stdout
-    ops = recs["hedgehog"]["aten_ops"]
-    assert ops["aten.bmm.default"] == 4 and "aten.expand.default" not in ops, ops
-    assert sum(ops.values()) == recs["hedgehog"]["aten_ops_per_call"] > recs["linear"]["aten_ops_per_call"] > 0
+    for op, flag in (("hedgehog", "0"), ("hedgehog", "1"), ("linear", "0")):
+        out = tmp_path / f"{op}-{flag}.json"
+        stdout, recs[op, flag] = run_script(out, "--kept", "--op", op, "--T", "40", "--calls", "1", "--repeats", "1",
+                                            env={"LOLCATS_PROJECT_BACK_KERNEL": flag})  # fmt: skip
+        assert f"{recs[op, flag]['aten_ops_per_call']} PyTorch ops per call" in stdout
+    cublas, kernel = recs["hedgehog", "0"], recs["hedgehog", "1"]
+    assert cublas["aten_ops"]["aten.bmm.default"] == 4 and "aten.expand.default" not in cublas["aten_ops"], cublas
+    assert "aten.bmm.default" not in kernel["aten_ops"] and kernel["aten_ops"]["aten.sum.dim_IntList"] == 1, kernel
+    assert kernel["aten_ops_per_call"] <= cublas["aten_ops_per_call"] - 20, (kernel, cublas)
+    # one segment at 40 tokens: the maps' forward, linear forward, dq, dk/dv, and the projections' backward
+    assert (cublas["kept_launches_per_call"], kernel["kept_launches_per_call"]) == (4, 5)
+    for rec in (cublas, kernel):
+        assert sum(rec["aten_ops"].values()) == rec["aten_ops_per_call"] > recs["linear", "0"]["aten_ops_per_call"] > 0
