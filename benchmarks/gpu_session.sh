@@ -33,6 +33,7 @@
 #   project-back  hedgehog_project.py's kernel (LOLCATS_PROJECT_BACK_KERNEL=1; the cuBLAS GEMMs otherwise): its
 #             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
 #             its host breakdown at 4k with it off / on, each its own process (~5 min on a fresh machine)
+#   project-back-quick  project-back's timings without its tests, then sweep_project_back.py (~4 min)
 #   project-back-ab  the kernel by launch config beside the GEMMs (sweep_project_back.py), the op's kernels
 #             profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the Hedgehog op
 #             of that tree at 4k / 16k and its host breakdown (~3 min)
@@ -236,6 +237,17 @@ for step in "$@"; do
                     --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
             done
  ;;
+        project-back-quick)  # on a short lease: the A/B and host breakdowns of project-back, no tests (the op is
+            # checked against the fp32 reference at 2048 tokens in each process), then the kernel's configs
+            for flag in 0 1; do
+                LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
+                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 \
+                    --out "$OUT/project-back-$flag.json"
+                LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
+                    --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
+            done
+            run 100 sweep-project-back python3 benchmarks/sweep_project_back.py --lengths 4096 16384 \
+                --out "$OUT/sweep-project-back.json" ;;
         project-back-ab)  # then: the kernel by launch config beside cuBLAS, the profile with the kernel on, and with
             # BASELINE the tree before (same lengths)
             run 150 sweep-project-back python3 benchmarks/sweep_project_back.py --lengths 4096 16384 \
