@@ -37,12 +37,24 @@ from .hedgehog_map import project_back
 from ._tl_helpers import dot, load_rows, store_rows
 from ._utils import block, dot_precision, is_interpreter, multiprocessors
 
-# Off until timed on a GPU against the cuBLAS form (gpu_session.sh project-back); LOLCATS_PROJECT_BACK_KERNEL=1 in
-# the environment when this module is imported turns it on.
-PROJECT_BACK_KERNEL = os.environ.get("LOLCATS_PROJECT_BACK_KERNEL", "0") == "1"
+# On an H100 (session 19, bf16, batch 1, 32 heads, K = 128, f = 64; benchmarks/README.md): the Hedgehog op's host
+# time per eager forward+backward at 4k 0.735 -> 0.581 ms, its device time replayed from a CUDA graph 1.058 ->
+# 1.051 ms at 4k and 4.062 -> 4.045 at 16k; both maps' projection backward alone 0.100 -> 0.084 ms at 4k and
+# 0.326 -> 0.301 at 16k against the four GEMMs (results/NVIDIA_H100_80GB_HBM3-2026-12-07-project-back-*-session19
+# .json, ...-sweep-project-back-session19.json). LOLCATS_PROJECT_BACK_KERNEL=0 in the environment when this module
+# is imported keeps the GEMMs.
+PROJECT_BACK_KERNEL = os.environ.get("LOLCATS_PROJECT_BACK_KERNEL", "1") == "1"
+# Swept there (tile x warps x programs per SM, 2 stages): 64-token tiles, 4 warps, 2 programs per SM are the
+# fastest at 4k (0.084 ms; 8 warps 0.086, 32- / 128-token tiles 0.105 / 0.088) and within 10% of the best at 16k
+# (0.301 against 0.273 with 4 programs per SM, which take 0.097 at 4k).
 _BT = 64
-_NUM_WARPS, _STAGES = 8, 2
+_NUM_WARPS, _STAGES = 4, 2
 _PROGRAMS_PER_SM = 2
+# Grouped x heads (G > 1) need head dims of at least 64 (BK >= 64): on the H100 in session 19 the compiled kernel
+# left one query head's dz W^T out of dx at K = 16 and 32 (relative error 0.57-0.74 against the einsum, G = 2, 3;
+# bf16 and fp16), while K = 64 and 128 matched it (2.4e-3) and every K was right with G = 1 and in the
+# interpreter. Not understood; such maps take the GEMMs (project_back_any) and project_back_maps refuses them.
+_GROUPED_MIN_BK = 64
 _INTERPRETER_SMS = 4
 
 
@@ -114,13 +126,18 @@ def _plan(B, H, T, device):
     return (triton.cdiv(n_tiles, tpp), B * H), tpp
 
 
+def _grouped_too_narrow(dz, x) -> bool:
+    """Grouped x heads with a head dim the kernel does not take (see _GROUPED_MIN_BK)."""
+    return dz.shape[1] != x.shape[1] and block(x.shape[-1]) < _GROUPED_MIN_BK
+
+
 def kernel_takes(dz, x, w) -> bool:
-    """Whether project_back_maps launches the kernel for this map: PROJECT_BACK_KERNEL, a GPU tensor (or the
-    interpreter), K and f up to 128 (the [K, f] fp32 accumulator), contiguous inputs of one float dtype for x
-    and dz."""
+    """Whether project_back_any launches the kernel for this map: PROJECT_BACK_KERNEL, a GPU tensor (or the
+    interpreter), K and f up to 128 (the [K, f] fp32 accumulator), K >= 64 for grouped x heads, contiguous
+    inputs of one float dtype for x and dz."""
     return (PROJECT_BACK_KERNEL and (x.is_cuda or is_interpreter()) and block(x.shape[-1]) <= 128
-            and block(w.shape[-1]) <= 128 and dz.dtype == x.dtype and x.is_contiguous() and dz.is_contiguous()
-            and w.is_contiguous())  # fmt: skip
+            and block(w.shape[-1]) <= 128 and not _grouped_too_narrow(dz, x) and dz.dtype == x.dtype
+            and x.is_contiguous() and dz.is_contiguous() and w.is_contiguous())  # fmt: skip
 
 
 def project_back_maps(maps):
@@ -130,6 +147,11 @@ def project_back_maps(maps):
     buffer and one sum. Returns ``[(dx or None, dw or None), ...]``: dx in x's dtype, dw in w's dtype."""
     if not 1 <= len(maps) <= 2:
         raise ValueError(f"project_back_maps takes one or two maps, got {len(maps)}")
+    for dz, x, *_ in maps:
+        if _grouped_too_narrow(dz, x):
+            raise ValueError(f"grouped x heads ({x.shape[1]} for {dz.shape[1]} maps) need a head dim of at least "
+                             f"{_GROUPED_MIN_BK - 31} for this kernel, got {x.shape[-1]}; use project_back_any, "
+                             "which takes hedgehog_map.project_back's GEMMs there")  # fmt: skip
     dz0, x0 = maps[0][:2]
     B, H, T, f = dz0.shape
     K = x0.shape[-1]

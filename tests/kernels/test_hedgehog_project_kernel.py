@@ -35,11 +35,12 @@ def _einsum_grads(dz, x, w):
 
 
 @pytest.mark.parametrize("T", [1, 63, 64, 65, 129])
-@pytest.mark.parametrize("B,XH,G,K,f", [(1, 2, 1, 16, 8), (2, 2, 3, 12, 5), (1, 1, 4, 20, 33)],
-                         ids=["B1-G1-K16-f8", "B2-G3-K12-f5", "B1-G4-K20-f33"])  # fmt: skip
+@pytest.mark.parametrize("B,XH,G,K,f", [(1, 2, 1, 16, 8), (1, 2, 1, 12, 5), (2, 2, 3, 40, 5), (1, 1, 4, 64, 33)],
+                         ids=["B1-G1-K16-f8", "B1-G1-K12-f5", "B2-G3-K40-f5", "B1-G4-K64-f33"])  # fmt: skip
 def test_project_back_kernel_matches_einsum(T, B, XH, G, K, f):
     """fp32: dx (summed over each x head's query heads) and dW within fp32 tolerance of the float64 einsum, for
-    lengths around the 64-token tile, grouped heads and K, f not powers of two (padded in the kernel)."""
+    lengths around the 64-token tile, grouped heads (head dims >= 33: hedgehog_project._GROUPED_MIN_BK) and K, f
+    not powers of two (padded in the kernel)."""
     dz, x, w = _map_case(B, XH, G, T, K, f, torch.float32, seed=T + 7 * G)
     want_dx, want_dw = _einsum_grads(dz, x, w)
     [(dx, dw)] = hp.project_back_maps([(dz, x, w, True, True)])
@@ -54,8 +55,8 @@ def test_project_back_kernel_two_maps_and_what_is_asked():
     weight gradient asked of one map only still comes from the shared partial buffer."""
     from lolcats_lab.kernels.hedgehog_map import project_back
 
-    q_map = _map_case(2, 4, 1, 70, 16, 8, torch.float16, seed=1)
-    k_map = _map_case(2, 2, 2, 70, 16, 8, torch.float16, seed=2)
+    q_map = _map_case(2, 4, 1, 70, 40, 8, torch.float16, seed=1)
+    k_map = _map_case(2, 2, 2, 70, 40, 8, torch.float16, seed=2)
     tol = TOLERANCES[torch.float16]
     got = hp.project_back_maps([(*q_map, True, True), (*k_map, True, True)])
     for name, case, (dx, dw) in zip(("q", "k"), (q_map, k_map), got):
@@ -88,7 +89,7 @@ def test_staged_op_with_the_kernel_equals_the_cublas_form(monkeypatch, dtype):
     """The staged Hedgehog op (4 query heads on 2 key heads) with PROJECT_BACK_KERNEL on and off: the same
     output, and gradients within the dtype's tolerance of each other (fp32: the same sums in another order)."""
     g = torch.Generator().manual_seed(4)
-    B, H, KH, T, K, f, D = 1, 4, 2, 75, 16, 8, 12
+    B, H, KH, T, K, f, D = 1, 4, 2, 75, 40, 8, 12
     q, do = torch.randn(B, H, T, K, generator=g), torch.randn(B, H, T, D, generator=g)
     k, v = torch.randn(B, KH, T, K, generator=g), torch.randn(B, KH, T, D, generator=g)
     wq, wk = torch.randn(H, K, f, generator=g), torch.randn(H, K, f, generator=g)
@@ -109,3 +110,23 @@ def test_staged_op_with_the_kernel_equals_the_cublas_form(monkeypatch, dtype):
         assert b.dtype == a.dtype
         check_close(name, a, b, **tol)
     assert not torch.equal(g_off[3], g_on[3])  # the kernel ran (other summation order)
+
+
+def test_grouped_heads_with_narrow_head_dims_take_the_gemms(monkeypatch):
+    """Grouped x heads at head dims below 33 (where the compiled kernel dropped a query head's share of dx on an
+    H100): project_back_maps refuses them, naming the limit and the way out, and project_back_any gives
+    exactly the cuBLAS form's result; the kernel is on by default (LOLCATS_PROJECT_BACK_KERNEL unset)."""
+    import os
+
+    from lolcats_lab.kernels.hedgehog_map import project_back
+
+    if "LOLCATS_PROJECT_BACK_KERNEL" not in os.environ:
+        assert hp.PROJECT_BACK_KERNEL  # as shipped
+    monkeypatch.setattr(hp, "PROJECT_BACK_KERNEL", True)
+    case = _map_case(1, 2, 2, 30, 32, 8, torch.float32, seed=6)
+    with pytest.raises(ValueError, match=r"grouped x heads \(2 for 4 maps\) need a head dim of at least 33 .* got 32"):
+        hp.project_back_maps([(*case, True, True)])
+    assert not hp.kernel_takes(*case) and hp.kernel_takes(*_map_case(1, 2, 2, 30, 33, 8, torch.float32, seed=6))
+    [(dx, dw)] = hp.project_back_any([(*case, True, True)])
+    want_dx, want_dw = project_back(*case)
+    assert torch.equal(dx, want_dx) and torch.equal(dw, want_dw)
