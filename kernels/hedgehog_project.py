@@ -41,8 +41,8 @@ from ._utils import block, dot_precision, is_interpreter, multiprocessors
 # time per eager forward+backward at 4k 0.735 -> 0.581 ms, its device time replayed from a CUDA graph 1.058 ->
 # 1.051 ms at 4k and 4.062 -> 4.045 at 16k; both maps' projection backward alone 0.100 -> 0.084 ms at 4k and
 # 0.326 -> 0.301 at 16k against the four GEMMs (results/NVIDIA_H100_80GB_HBM3-2026-12-07-project-back-*-session19
-# .json, ...-sweep-project-back-session19.json). LOLCATS_PROJECT_BACK_KERNEL=0 in the environment when this module
-# is imported keeps the GEMMs.
+# .json, ...-sweep-project-back-session19.json; the op's A/B ran at 8 warps, the 4 below come from the sweep after
+# it). LOLCATS_PROJECT_BACK_KERNEL=0 in the environment when this module is imported keeps the GEMMs.
 PROJECT_BACK_KERNEL = os.environ.get("LOLCATS_PROJECT_BACK_KERNEL", "1") == "1"
 # Swept there (tile x warps x programs per SM, 2 stages): 64-token tiles, 4 warps, 2 programs per SM are the
 # fastest at 4k (0.084 ms; 8 warps 0.086, 32- / 128-token tiles 0.105 / 0.088) and within 10% of the best at 16k
