@@ -532,10 +532,32 @@ assert all(r > 1 for r in sdpa_over_4k.values())  # device time: faster than SDP
 
 # %% [markdown]
 # Both ops' kernels now beat SDPA's at 4k, the Hedgehog op by a few percent: it adds the two maps, the
-# softmax backward and the projection GEMMs to the linear op's work. Called eagerly it still waits on the
-# host there, which is the next thing to cut. The decode step ran on the same device in session 17 (its code
-# has not changed since). Its mean over a block is at the bandwidth bound, while the one block-start step in
-# 64 is not:
+# softmax backward and the projections' backward to the linear op's work. Called eagerly it used to wait on
+# the host there: Python, autograd, 49 PyTorch operators and 7 kernel launches took longer to issue than the
+# GPU took to run them. A sampling profiler (py-spy) on the GPU machine put a quarter of that host time in
+# the projections' backward, four cuBLAS GEMMs and a dozen view and cast operators around them. Session 19
+# replaced them with one Triton launch for both maps (`kernels/hedgehog_project.py`) and timed the op both
+# ways, each in its own process of one call:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def at_4k(name):
+    rows = json.loads((RESULTS_DIR / f"NVIDIA_H100_80GB_HBM3-2026-12-07-{name}-session19.json").read_text())["rows"]
+    return {r["provider"]: r for r in rows if r["T"] == 4096}
+
+
+gemms, kernel = at_4k("project-back-0"), at_4k("project-back-1")
+hedgehog = {form: {key: round(run["triton_hedgehog_f64"][key], 2) for key in ("host_ms", "graph_ms", "eager_ms")}
+            for form, run in (("cuBLAS GEMMs", gemms), ("one Triton launch", kernel))}  # fmt: skip
+assert kernel["triton_hedgehog_f64"]["host_ms"] < 0.85 * gemms["triton_hedgehog_f64"]["host_ms"]
+assert kernel["triton_hedgehog_f64"]["host_ms"] < kernel["triton_hedgehog_f64"]["graph_ms"]  # host no longer the limit
+hedgehog, {"sdpa eager_ms": round(kernel["sdpa"]["eager_ms"], 2)}
+
+# %% [markdown]
+# The host time fell by a fifth and is now below the device time, so the eager call runs at the speed of its
+# kernels: level with SDPA at 4k, faster from there on. The decode step ran on the same device in session 17
+# (its code has not changed since). Its mean over a block is at the bandwidth bound, while the one
+# block-start step in 64 is not:
 
 # %%
 # NBVAL_CHECK_OUTPUT
