@@ -34,9 +34,8 @@
 #             tests and the staged op's GPU test with it on, then the Hedgehog op at 4k / 16k (graphed_vs_eager) and
 #             its host breakdown at 4k with it off / on, each its own process (~5 min on a fresh machine)
 #   project-back-quick  project-back's timings without its tests, then sweep_project_back.py (~4 min)
-#   project-back-ab  the kernel by launch config beside the GEMMs (sweep_project_back.py), the op's kernels
-#             profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the Hedgehog op
-#             of that tree at 4k / 16k and its host breakdown (~3 min)
+#   project-back-ab  the op's kernels profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the
+#             Hedgehog op of that tree at 4k / 16k and its host breakdown (~3 min)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -114,6 +113,17 @@ graphed_ab() {  # graphed_ab LIMIT_S NAME ARGS...: graphed_vs_eager.py, then wit
         PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run "$limit" "$name-baseline" \
             python3 benchmarks/graphed_vs_eager.py "$@" --out "$OUT/$name-baseline.json"
     fi
+}
+
+project_back_flags() {  # the Hedgehog op at 4k / 16k beside SDPA and its host breakdown at 4k, with
+    # hedgehog_project.PROJECT_BACK_KERNEL 0 and 1, each its own process
+    local flag
+    for flag in 0 1; do
+        LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
+            --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 --out "$OUT/project-back-$flag.json"
+        LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
+            --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
+    done
 }
 
 GPU_TESTS="tests/kernels tests/models/test_models_gpu.py tests/models/test_triton_decode_cache.py"
@@ -229,29 +239,13 @@ for step in "$@"; do
                 tests/kernels/test_hedgehog_project_kernel.py "$LK::test_gpu_hedgehog_staged_large" \
                 tests/kernels/test_hedgehog_hybrid_kernel.py::test_gpu_bf16_recipe_shape \
                 --timeout 120 -p no:cacheprovider -rA -q
-            for flag in 0 1; do
-                LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
-                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 \
-                    --out "$OUT/project-back-$flag.json"
-                LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
-                    --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
-            done
- ;;
+            project_back_flags ;;
         project-back-quick)  # on a short lease: the A/B and host breakdowns of project-back, no tests (the op is
             # checked against the fp32 reference at 2048 tokens in each process), then the kernel's configs
-            for flag in 0 1; do
-                LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
-                    --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 \
-                    --out "$OUT/project-back-$flag.json"
-                LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
-                    --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
-            done
+            project_back_flags
             run 100 sweep-project-back python3 benchmarks/sweep_project_back.py --lengths 4096 16384 \
                 --out "$OUT/sweep-project-back.json" ;;
-        project-back-ab)  # then: the kernel by launch config beside cuBLAS, the profile with the kernel on, and with
-            # BASELINE the tree before (same lengths)
-            run 150 sweep-project-back python3 benchmarks/sweep_project_back.py --lengths 4096 16384 \
-                --out "$OUT/sweep-project-back.json"
+        project-back-ab)  # then: the profile with the kernel on, and with BASELINE the tree before (same lengths)
             LOLCATS_PROJECT_BACK_KERNEL=1 run 60 project-back-profile python3 benchmarks/profile_kernels.py \
                 --lengths 4096 16384 --ops triton_hedgehog_f64 --out "$OUT/project-back-profile.json"
             if [ -n "${BASELINE:-}" ]; then
