@@ -120,7 +120,8 @@ project_back_flags() {  # the Hedgehog op at 4k / 16k beside SDPA and its host b
     local flag
     for flag in 0 1; do
         LOLCATS_PROJECT_BACK_KERNEL=$flag run 80 "project-back-$flag" python3 benchmarks/graphed_vs_eager.py \
-            --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 --out "$OUT/project-back-$flag.json"
+            --lengths 4096 16384 --check-t 2048 --providers sdpa triton_hedgehog_f64 \
+            --out "$OUT/project-back-$flag.json"
         LOLCATS_PROJECT_BACK_KERNEL=$flag run 50 "project-back-host-$flag" python3 benchmarks/host_breakdown.py \
             --T 4096 --ops sdpa hedgehog --out "$OUT/project-back-host-$flag.json"
     done
