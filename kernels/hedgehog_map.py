@@ -10,7 +10,8 @@ keeps the fp32 softmax outputs for the backward). Here a program loads W_h once 
 tokens of one (batch, head) (see _PROGRAMS_PER_SM); per tile it takes z = x W_h [BT, f] in one dot, computes
 both softmaxes in registers and writes phi in x's dtype as two contiguous halves (softmax(z), then
 softmax(-z): SPEC order); autograd saves only x. The backward recomputes the softmaxes and writes dz = d(x
-W_h) [B, H, T, f] in x's dtype; the projection's backward then runs as two GEMMs (:func:`project_back`).
+W_h) [B, H, T, f] in x's dtype; the projection's backward then runs as two GEMMs (:func:`project_back`; the
+ops with both maps take ``hedgehog_project``'s one launch for q's and k's instead).
 Given x's gradient so far (``map_backward(dx=...)``), the backward instead adds dz W_h^T into it itself.
 
 Unlike the fused attention kernels, which keep the two halves interleaved (pos_0, neg_0, ...) because only
