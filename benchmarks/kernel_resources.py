@@ -84,6 +84,7 @@ def _types():
         T=i32, NSEG=i32, CPS=i32, W=i32, NS=i32, eps="fp32", scale="fp32",
         SOB=i32, SOH=i32, SOT=i32, SYB=i32, SYH=i32, SYT=i32,
         S=f32, z=f32, kb=bf, vb=bf, fkb=bf, ks=bf, vs=bf, pos="*i64",
+        dz=bf, dx=bf, x2=bf, w2=f32, dz2=bf, dx2=bf, dw_part=f32, TPP=i32, PART_OFFSET2=i32,
     )  # fmt: skip
 
 
@@ -130,6 +131,14 @@ def cases(chunk: int):
         yield f"hybrid F={F} split linear dq", hs.linear_dq_kernel, lin
         if F == 128:
             yield f"hybrid F={F} split linear dk/dv fold", hs.linear_dkv_kernel, dict(lin, FOLD=FOLD_SUFFIX_INCLUSIVE)
+    if chunk == 32:  # the maps' projection backward (64-token tiles of its own): q's map and k's, G = 1 and 4
+        import lolcats_lab.kernels.hedgehog_project as hp
+
+        for G in (1, 4):
+            yield f"project back K=128 f=64 G={G}", hp.project_back_kernel, dict(
+                H=32, G=1, G2=G, K=128, FH=64, BT=hp._BT, BK=128, BF=64, PREC="tf32", LOWP=True, NEED_DX=True,
+                NEED_DW=True, NEED_DX2=True, NEED_DW2=True,
+            )  # fmt: skip
     if chunk == 32:  # the decode step has no token tiles: once, per key tile of its window loop (DECODE_TILE)
         for BC, dots in ((64, False), (32, False), (64, True), (32, True)):  # DECODE_TILE x DECODE_DOTS
             yield f"decode tk BC={BC}{' dots' if dots else ''}", dec.hybrid_decode_kernel, dict(
