@@ -49,11 +49,12 @@ PROJECT_BACK_KERNEL = os.environ.get("LOLCATS_PROJECT_BACK_KERNEL", "1") == "1"
 # (0.301 against 0.273 with 4 programs per SM, which take 0.097 at 4k).
 _BT = 64
 _NUM_WARPS, _STAGES = 4, 2
-# Grouped x heads (G > 1: the program of a group's first head also adds the other heads' dz W^T) take 8 warps:
-# compiled for sm_90 on the CPU (benchmarks/kernel_resources.py --only "project back", Triton 3.9), K = 128,
-# f = 64, G = 4 spills 1,456 B per thread at 4 warps against 288 at 8 (G = 1: 8 against 0 B;
-# results/kernel-resources-sm90-2026-12-07-project-back.json). Not timed on a GPU.
-_NUM_WARPS_GROUPED = 8
+# Grouped x heads (G > 1: the program of a group's first head also adds the other heads' dz W^T): 4 warps, the
+# build whose results the H100 checked (K = 64 / 128, G = 2 / 3, session 19). Compiled for sm_90 on the CPU
+# (benchmarks/kernel_resources.py --only "project back", Triton 3.9), K = 128, f = 64, G = 4 spills 1,456 B per
+# thread at 4 warps against 288 at 8 (G = 1: 8 against 0 B; results/kernel-resources-sm90-2026-12-07-project-
+# back.json): 8 warps may be the faster build for grouped heads, once checked and timed on a GPU.
+_NUM_WARPS_GROUPED = 4
 _PROGRAMS_PER_SM = 2
 # Grouped x heads (G > 1) need head dims of at least 64 (BK >= 64): on the H100 in session 19 the compiled kernel
 # left one query head's dz W^T out of dx at K = 16 and 32 (relative error 0.57-0.74 against the einsum, G = 2, 3;
