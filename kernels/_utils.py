@@ -47,6 +47,18 @@ def multiprocessors(device: torch.device, interpreter_sms: int = 4) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@functools.lru_cache(maxsize=256)  # host time: once per shape; launchers call it on every launch
+def tile_runs(T: int, bt: int, rows: int, device: torch.device, programs_per_sm: int,
+              interpreter_sms: int = 4) -> tuple[tuple[int, int], int]:  # fmt: skip
+    """Launch plan for kernels whose program walks TPP consecutive tiles of ``bt`` tokens of one row (a (batch,
+    head) pair): about ``programs_per_sm`` programs per multiprocessor over ``rows`` rows, at least one tile
+    each. Returns (grid, TPP) with grid = (programs per row, rows)."""
+    n_tiles = -(-T // bt)
+    per_row = max(1, min(n_tiles, -(-programs_per_sm * multiprocessors(device, interpreter_sms) // rows)))
+    tpp = -(-n_tiles // per_row)
+    return (-(-n_tiles // tpp), rows), tpp
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """tl.dot input precision for dots with fp32 operands. On the GPU "tf32x3" (each operand split into a
     TF32 high and low part, three tensor-core dots: close to fp32, ~1e-6 relative): plain "tf32" rounds to

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._launch import launch_jit
 from ._tl_helpers import PHI_MIN, load_rows, store_rows
-from ._utils import block, check_device, check_projection, check_tensor, dot_precision, multiprocessors
+from ._utils import block, check_device, check_projection, check_tensor, dot_precision, tile_runs
 
 # Tokens per tile, forward and backward. Compiled for sm_90 (benchmarks/kernel_resources.py method, bf16,
 # K = 128, f = 64, 8 warps): 156 / 248 registers (forward / backward) with 128-token tiles, 106 / 147 with 64,
@@ -180,10 +180,7 @@ def _launch_args(x, w, bt, stages, warps, programs_per_sm=None):
 def _launch_plan(x_shape, w_shape, dtype, device, bt, stages, warps, programs_per_sm):
     B, XH, T, K = x_shape
     H, FH = w_shape[0], w_shape[-1]
-    n_tiles = triton.cdiv(T, bt)
-    per_head = max(1, min(n_tiles, triton.cdiv(programs_per_sm * multiprocessors(device, _INTERPRETER_SMS), B * H)))
-    tpp = triton.cdiv(n_tiles, per_head)
-    grid = (triton.cdiv(n_tiles, tpp), B * H)
+    grid, tpp = tile_runs(T, bt, B * H, device, programs_per_sm, _INTERPRETER_SMS)
     return grid, tpp, dict(H=H, GX=H // XH, K=K, FH=FH, BT=bt, BK=block(K), BF=block(FH), PREC=dot_precision(dtype),
                            num_warps=warps, num_stages=stages)  # fmt: skip
 

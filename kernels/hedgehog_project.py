@@ -17,15 +17,14 @@ and both maps' weight gradients one reduction.
 Layout: one launch for both maps (grid z), each program walking TPP consecutive tiles of BT tokens of one
 (batch, query head) of one map; it loads W_h once and accumulates its share of dW_h [K, f] in fp32 registers;
 the shares go to a partial buffer [P B, H, K, f] fp32 per map (P programs per head), summed over that dim by
-PyTorch (deterministic, unlike atomics). The program of the
-first query head of each x head (g = 0) also writes dx for its tiles, adding the other G - 1 heads' dz W^T
-(their W from L2). Dot operands in x's half type for fp16/bf16 inputs (fp32 accumulation, as cuBLAS's bf16
-GEMMs), three-TF32 for fp32 (_utils.dot_precision).
+PyTorch (deterministic, unlike atomics). The program of the first query head of each x head (g = 0) also
+writes dx for its tiles, adding the other G - 1 heads' dz W^T (their W from L2). Dot operands in x's half
+type for fp16/bf16 inputs (fp32 accumulation, as cuBLAS's bf16 GEMMs), three-TF32 for fp32
+(_utils.dot_precision).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -33,9 +32,9 @@ import triton
 import triton.language as tl
 
 from ._launch import launch_jit
-from .hedgehog_map import project_back
 from ._tl_helpers import dot, load_rows, store_rows
-from ._utils import block, dot_precision, is_interpreter, multiprocessors
+from ._utils import block, dot_precision, is_interpreter, tile_runs
+from .hedgehog_map import project_back
 
 # On an H100 (session 19, bf16, batch 1, 32 heads, K = 128, f = 64; benchmarks/README.md): the Hedgehog op's host
 # time per eager forward+backward at 4k 0.735 -> 0.581 ms, its device time replayed from a CUDA graph 1.058 ->
@@ -61,7 +60,6 @@ _PROGRAMS_PER_SM = 2
 # bf16 and fp16), while K = 64 and 128 matched it (2.4e-3) and every K was right with G = 1 and in the
 # interpreter. Not understood; such maps take the GEMMs (project_back_any) and project_back_maps refuses them.
 _GROUPED_MIN_BK = 64
-_INTERPRETER_SMS = 4
 
 
 @triton.jit(do_not_specialize=["T", "TPP", "PART_OFFSET2"])
@@ -123,15 +121,6 @@ def _project_tiles(
         tl.store(p_dw + o_k[:, None] * FH + o_f[None, :], b_dw, mask=m_w)
 
 
-@functools.lru_cache(maxsize=256)  # host time: the launch plan once per shape
-def _plan(B, H, T, device):
-    """(grid, TPP): about _PROGRAMS_PER_SM programs per multiprocessor, each TPP consecutive tiles of one head."""
-    n_tiles = triton.cdiv(T, _BT)
-    per_head = max(1, min(n_tiles, triton.cdiv(_PROGRAMS_PER_SM * multiprocessors(device, _INTERPRETER_SMS), B * H)))
-    tpp = triton.cdiv(n_tiles, per_head)
-    return (triton.cdiv(n_tiles, tpp), B * H), tpp
-
-
 def _grouped_too_narrow(dz, x) -> bool:
     """Grouped x heads with a head dim the kernel does not take (see _GROUPED_MIN_BK)."""
     return dz.shape[1] != x.shape[1] and block(x.shape[-1]) < _GROUPED_MIN_BK
@@ -158,27 +147,25 @@ def project_back_maps(maps):
             raise ValueError(f"grouped x heads ({x.shape[1]} for {dz.shape[1]} maps) need a head dim of at least "
                              f"{_GROUPED_MIN_BK - 31} for this kernel, got {x.shape[-1]}; use project_back_any, "
                              "which takes hedgehog_map.project_back's GEMMs there")  # fmt: skip
-    dz0, x0 = maps[0][:2]
-    B, H, T, f = dz0.shape
-    K = x0.shape[-1]
-    grid, tpp = _plan(B, H, T, x0.device)
-    block_size = grid[0] * B * H * K * f  # one map's partials [P B, H, K, f]
-    n_dw = sum(1 for m in maps if m[4])
-    part = x0.new_empty(n_dw, grid[0] * B, H, K, f, dtype=torch.float32) if n_dw else x0
     dxs = [x.new_empty(x.shape) if need_dx else None for _, x, _, need_dx, _ in maps]
-    args, meta = [], {}
-    for i, (dz, x, w, need_dx, need_dw) in enumerate(maps + maps[:1] * (2 - len(maps))):  # a lone map twice
-        args.append((x, w, dz, dxs[min(i, len(maps) - 1)] if need_dx else x))
-        meta[f"G{'2' if i else ''}"] = H // x.shape[1]
-        meta[f"NEED_DX{'2' if i else ''}"], meta[f"NEED_DW{'2' if i else ''}"] = need_dx, need_dw
+    # the kernel's two map slots; a lone map fills both, and the grid's z extent of 1 launches only the first
+    (dz, x, w, need_dx, need_dw), (dz2, x2, w2, need_dx2, need_dw2) = (maps * 2)[:2]
+    dx, dx2 = (dxs * 2)[:2]
+    B, H, T, f = dz.shape
+    K = x.shape[-1]
+    grid, tpp = tile_runs(T, _BT, B * H, x.device, _PROGRAMS_PER_SM)
+    n_dw = sum(1 for m in maps if m[4])
+    part = x.new_empty(n_dw, grid[0] * B, H, K, f, dtype=torch.float32) if n_dw else x  # [P B, H, K, f] per map
+    G, G2 = H // x.shape[1], H // x2.shape[1]
     launch_jit(
-        project_back_kernel, (*grid, len(maps)), *args[0], *args[1], part, T, tpp,
-        block_size if maps[0][4] else 0, H=H, K=K, FH=f, BT=_BT, BK=block(K), BF=block(f),
-        PREC=dot_precision(x0.dtype), LOWP=x0.dtype != torch.float32, num_stages=_STAGES, **meta,
-        num_warps=_NUM_WARPS if meta["G"] == meta["G2"] == 1 else _NUM_WARPS_GROUPED,
+        project_back_kernel, (*grid, len(maps)), x, w, dz, dx if need_dx else x, x2, w2, dz2,
+        dx2 if need_dx2 else x2, part, T, tpp, grid[0] * B * H * K * f if need_dw else 0, H=H, G=G, G2=G2, K=K,
+        FH=f, BT=_BT, BK=block(K), BF=block(f), PREC=dot_precision(x.dtype), LOWP=x.dtype != torch.float32,
+        NEED_DX=need_dx, NEED_DW=need_dw, NEED_DX2=need_dx2, NEED_DW2=need_dw2,
+        num_warps=_NUM_WARPS if G == G2 == 1 else _NUM_WARPS_GROUPED, num_stages=_STAGES,
     )  # fmt: skip
     dws = iter(part.sum(1).unbind() if n_dw else ())  # each [H, K, f] fp32 (one operator for the views)
-    return [(dx, next(dws).to(w.dtype) if need_dw else None) for (_, _, w, _, need_dw), dx in zip(maps, dxs)]
+    return [(dx_m, next(dws).to(w_m.dtype) if need_w else None) for (_, _, w_m, _, need_w), dx_m in zip(maps, dxs)]
 
 
 def project_back_any(maps):
