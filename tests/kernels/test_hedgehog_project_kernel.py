@@ -130,3 +130,5 @@ def test_grouped_heads_with_narrow_head_dims_take_the_gemms(monkeypatch):
     [(dx, dw)] = hp.project_back_any([(*case, True, True)])
     want_dx, want_dw = project_back(*case)
     assert torch.equal(dx, want_dx) and torch.equal(dw, want_dw)
+    with pytest.raises(ValueError, match="project_back_maps takes one or two maps, got 3"):
+        hp.project_back_maps([(*case, True, True)] * 3)
