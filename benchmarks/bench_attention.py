@@ -274,23 +274,26 @@ def bench_decode(results, contexts):
     cache = RingHybridCache.empty(Bd, Hd, D, D, F, window=w, kind="tk", device=dev, dtype=DTYPE)
     for t in (cache.k_buf, cache.v_buf, cache.fk_buf):
         t.copy_(torch.rand_like(t))
-    cache.S.copy_(torch.rand_like(cache.S))
-    cache.z.copy_(torch.rand_like(cache.z))
+    # the state buffers (S_buf, z_buf since session 20: tk keeps two, this block's and the next's; S, z before)
+    S_buf, z_buf = (getattr(cache, n + "_buf", None) for n in ("S", "z"))
+    S_buf, z_buf = (S_buf, z_buf) if S_buf is not None else (cache.S, cache.z)
+    S_buf.copy_(torch.rand_like(S_buf))
+    z_buf.copy_(torch.rand_like(z_buf))
     wc = cache.k_buf.shape[2]
-    state_bytes = 2 * (cache.S.numel() + cache.z.numel()) * 4  # read + written once, fp32
+    state_bytes = 2 * (Bd * Hd * F * D + Bd * Hd * F) * 4  # one state read + written once, fp32
     window_bytes = (cache.k_buf.numel() + cache.v_buf.numel()) * cache.k_buf.element_size()
     io_bytes = (3 * D + 2 * F + D) * Bd * Hd * 2
     total = state_bytes + window_bytes + io_bytes
     bw = measured_bandwidth()
     bound_us = total / bw * 1e6
     cache_mib = sum(t.numel() * t.element_size() for t in
-                    (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink)) / 2**20
+                    (S_buf, z_buf, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink)) / 2**20
     import lolcats_lab.kernels.decode as decode_mod
 
     def steps(ctx):
         """(label, position) of the three kinds of step after ``ctx`` tokens (ctx a multiple of w)."""
         return (("mid-block", ctx + 1), ("mid-block, full window", ctx + w - 1),
-                ("block-start (folds w keys)", (ctx // w) * w))  # fmt: skip
+                ("block-start", (ctx // w) * w))  # fmt: skip
 
     def time_step(pos):
         """Microseconds per step at position ``pos`` (the step captured in a CUDA graph and replayed)."""

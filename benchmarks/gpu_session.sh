@@ -15,6 +15,8 @@
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
 #   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x DECODE_DOTS sweep)
+#   decode-ab the decode step's GPU tests, then the step timed (bench_attention.py --providers none) here and, with
+#             BASELINE=<baseline_tree.sh folder>, in that tree (its own process, this tree's benchmark script)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
@@ -36,6 +38,10 @@
 #   project-back-quick  project-back's timings without its tests, then sweep_project_back.py (~4 min)
 #   project-back-ab  the op's kernels profiled at 4k / 16k, and with BASELINE=<baseline_tree.sh folder> the
 #             Hedgehog op of that tree at 4k / 16k and its host breakdown (~3 min)
+#   peak-fused  the fused and staged Hedgehog ops at 16k / 64k (bench_attention.py: ms and peak memory) with
+#             LOLCATS_PROJECT_BACK_KERNEL 0 and 1, each its own process (~2 min)
+#   project-grouped  sweep_project_back.py with grouped k heads: the 8B shape (32 / 8 heads, K = 128) at 4 and 8
+#             warps, then K = 32 with 16 x heads (the build the kernel refuses) with and without dW (~1.5 min)
 #   sweep-states  sweep_segment_states.py at 4k: the segment-state kernel by load tile x warps x stages, both
 #             modes, beside a copy of the bytes it reads (it ran at about 1.2 TB/s in session 17's profile)
 #   tune-4k   bench_attention.py --tune for the default (staged) Hedgehog op at 4k, 32-token tiles: programs per
@@ -155,6 +161,14 @@ for step in "$@"; do
             run 120 decode-tests python3 -m pytest -m gpu tests/kernels/test_decode_kernel.py \
                 tests/models/test_triton_decode_cache.py --timeout 90 -p no:cacheprovider -rA -q
             run 150 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
+        decode-ab)
+            run 150 decode-tests python3 -m pytest -m gpu tests/kernels/test_decode_kernel.py \
+                tests/models/test_triton_decode_cache.py --timeout 90 -p no:cacheprovider -rA -q
+            run 150 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json"
+            if [ -n "${BASELINE:-}" ]; then
+                PYTHONPATH=$PWD/$BASELINE${PYTHONPATH:+:$PYTHONPATH} run 150 decode-baseline \
+                    python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode-baseline.json"
+            fi ;;
         profile)
             run 200 profile python3 benchmarks/profile_kernels.py --lengths 1024 16384 --host --out "$OUT/profile.json" ;;
         profile-split)  # the hybrid backward split (window kernels + state scans) against its single-scan kernels
@@ -257,6 +271,19 @@ for step in "$@"; do
                     python3 benchmarks/host_breakdown.py --T 4096 --ops sdpa hedgehog \
                     --out "$OUT/project-back-host-baseline.json"
             fi ;;
+        peak-fused)  # whether hedgehog_project's kernel moved the fused op's peak memory (session 20's table)
+            for flag in 0 1; do
+                LOLCATS_PROJECT_BACK_KERNEL=$flag run 100 "peak-fused-$flag" python3 benchmarks/bench_attention.py \
+                    --no-decode --lengths 16384 65536 --providers triton_hedgehog_fused_f64 triton_hedgehog_f64 \
+                    --out "$OUT/peak-fused-$flag.json"
+            done ;;
+        project-grouped)  # the projection kernel with grouped x heads: 8B shape by warps; the narrow build's dx
+            run 80 project-grouped python3 benchmarks/sweep_project_back.py --lengths 4096 16384 --kv-heads 8 \
+                --grouped-warps 4 8 --out "$OUT/project-grouped.json"
+            run 60 project-narrow python3 benchmarks/sweep_project_back.py --lengths 4096 --kv-heads 16 --head-dim 32 \
+                --allow-narrow --grouped-warps 4 --out "$OUT/project-narrow.json"
+            run 60 project-narrow-nodw python3 benchmarks/sweep_project_back.py --lengths 4096 --kv-heads 16 \
+                --head-dim 32 --allow-narrow --no-dw --grouped-warps 4 --out "$OUT/project-narrow-nodw.json" ;;
         sweep-states)  # the segment-state sums at 4k: load tile x warps x stages, forward and reverse, vs a copy
             run 150 sweep-states python3 benchmarks/sweep_segment_states.py --T 4096 --out "$OUT/sweep-states.json" ;;
         tune-4k)  # the default (staged) Hedgehog op's tile and segment plan at 4k, where it trails SDPA

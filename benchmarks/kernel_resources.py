@@ -143,7 +143,7 @@ def cases(chunk: int):
         for BC, dots in ((64, False), (32, False), (64, True), (32, True)):  # DECODE_TILE x DECODE_DOTS
             yield f"decode tk BC={BC}{' dots' if dots else ''}", dec.hybrid_decode_kernel, dict(
                 H=32, K=128, V=128, F=128, WC=128, NSC=1, BK=128, BV=128, BF=128, BC=BC, BS=16, TK=True,
-                LIN=False, PREC="tf32", DOTS=dots,
+                LIN=False, PREC="tf32", DOTS=dots, NB=2, RPS=2, BR=16,
             )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def decode_steps(B=16, H=32, D=128, w=64, device="cuda", profiled=_profiled) -> 
     q, k, v, fq, fk = (torch.rand(B, H, 1, D, device=device, generator=g).bfloat16() for _ in range(5))
     logit = torch.full((H,), -2.0, device=device)
     cache = RingHybridCache.empty(B, H, D, D, D, window=w, kind="tk", device=device, dtype=torch.bfloat16)
-    for t in (cache.k_buf, cache.v_buf, cache.fk_buf, cache.S, cache.z):
+    for t in (cache.k_buf, cache.v_buf, cache.fk_buf, cache.S_buf, cache.z_buf):
         t.copy_(torch.rand(t.shape, device=device, generator=g))
     for pos in (512 * w + 1, 512 * w):  # mid-block, block start (at 32k context for w = 64)
         def step(pos=pos):

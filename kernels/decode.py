@@ -9,7 +9,8 @@ over window keys. Reference: ``lolcats_lab.attention.hybrid.hybrid_decode_step``
 row p of ``naive_hybrid_attn`` (SPEC.md "Decoding must equal training").
 
 Cache layout (:class:`RingHybridCache`, all [B, H, ...]; memory constant in the context length):
-    S [F, D], z [F]                     fp32 linear state
+    S_buf [NB, F, D], z_buf [NB, F]     fp32 linear state; NB = 2 for tk windows (the state of the current
+                                        block's queries, and the next block's, being built), else 1
     k_buf [Wc, K], v_buf [Wc, D], fk_buf [Wc, F]   ring of window tokens, position j in slot j % Wc,
                                         Wc = w (sw) or 2w (tk: the previous and the current block);
                                         one unused slot when w = 0 (pure linear, sinks only)
@@ -21,16 +22,23 @@ kernel only reads ``pos``; :func:`hybrid_decode_step` then adds 1 in a separate 
 half-updated value). Nothing in a step depends on a host value that changes between steps, and the step
 never synchronises with the host, so it can be captured once in a CUDA graph and replayed.
 
-One program per (batch, head) per step: (1) folds into S, z the keys that leave the window at this step
-(sw: the one at p - w; tk: the whole block [p - 2w, p - w) when p starts a block; w = 0: the new token
-itself unless it is a sink; the tk block as tiled dots, whose bf16/fp16 operands multiply exactly, the
-others as fp32 rank-1 updates), (2) takes the linear terms fq S, fq . z and writes S, z back in place
-when (1) changed them (tk: once per block of w steps), (3) attends to the window keys, visited by
+One program per (batch, head) per step: (1) sw: folds into S, z the key at p - w that leaves the window (an
+exact fp32 rank-1 update); w = 0: the new token itself unless it is a sink, (2) takes the linear terms
+fq S, fq . z and writes S, z back in place when (1) changed them, (3) attends to the window keys, visited by
 position (only the ring tiles the window covers), the sinks and the new token (held in registers), and
-(4) writes the output, then the new token into its slot. State and window are read once and the state
-written at most once: the memory-bandwidth bound of the step (benchmarks/bench_attention.py counts the
-write on every step). Slot validity comes from positions: slot s holds the latest position p' <= p with
-p' = s (mod Wc); it is a window key iff p' >= n_sinks and p' is in W_p.
+(4) writes the output, then the new token into its slot.
+
+tk windows fold no block at a block start. The queries of block c (positions [cw, (c+1)w)) share one
+linear state, the keys before block c - 1, held in buffer c % 2 and only read during block c; the next
+block's, that plus block c - 1's keys, goes to the other buffer, ceil(F / w) of its rows per step: step
+p = cw + i writes rows [i r, (i + 1) r) as this block's rows plus sum_j fk_j[rows] v_j over block c - 1,
+whose keys (3) visits anyway (they are the first w keys of W_p), so the values are the tiles (3) loads
+already. Each step therefore reads one state and writes r rows of the other; before session 20 a block
+start folded all w keys into the state and wrote it whole, the one step in w that took 1.47x the bound
+(benchmarks/README.md, session 20). State and window are read once and at most one state written: the
+memory-bandwidth bound of the step (benchmarks/bench_attention.py counts a whole state written on every
+step). Slot validity comes from positions: slot s holds the latest position p' <= p with p' = s (mod Wc);
+it is a window key iff p' >= n_sinks and p' is in W_p.
 """
 
 from __future__ import annotations
@@ -148,10 +156,13 @@ def hybrid_decode_kernel(
     q, k, v, fq, fk, logit, S, z, kb, vb, fkb, ks, vs, y, pos, W, NS, scale, eps,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, F: tl.constexpr, WC: tl.constexpr, NSC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, TK: tl.constexpr,
-    LIN: tl.constexpr, PREC: tl.constexpr, DOTS: tl.constexpr,
+    LIN: tl.constexpr, PREC: tl.constexpr, DOTS: tl.constexpr, NB: tl.constexpr, RPS: tl.constexpr,
+    BR: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, F, D]; rings [B*H, WC, *];
-    pos [B] int64 (read only). LIN: window 0 (pure linear, only sinks are exact). DOTS: see DECODE_DOTS."""
+    """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, NB, F, D], z [B*H, NB, F] (NB = 2
+    for tk windows: the current state and the next block's, else 1); rings [B*H, WC, *]; pos [B] int64 (read
+    only). LIN: window 0 (pure linear, only sinks are exact). DOTS: see DECODE_DOTS. NB: 2 (tk) or 1. RPS:
+    rows of the next block's state prepared per tk step (ceil(F / W)), BR: their tile (a power of two >= 16)."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
@@ -162,8 +173,8 @@ def hybrid_decode_kernel(
     fk += i_bh64 * F
     v += i_bh64 * V
     y += i_bh64 * V
-    S += i_bh64 * F * V
-    z += i_bh64 * F
+    S += i_bh64 * NB * F * V
+    z += i_bh64 * NB * F
     kb += i_bh64 * WC * K
     vb += i_bh64 * WC * V
     fkb += i_bh64 * WC * F
@@ -173,37 +184,32 @@ def hybrid_decode_kernel(
     b_fq = _vec(fq, F, BF)
     o_f, o_v = tl.arange(0, BF), tl.arange(0, BV)
     m_fv = (o_f < F)[:, None] & (o_v < V)[None, :]
+    blk = p // W  # tk: this step's block; its state is buffer blk % 2, the next block's the other
+    if NB == 2:
+        S_next, z_next = S + ((blk + 1) % 2) * F * V, z + ((blk + 1) % 2) * F
+        S += (blk % 2) * F * V
+        z += (blk % 2) * F
     b_S = tl.load(S + o_f[:, None] * V + o_v[None, :], mask=m_fv, other=0.0)  # [BF, BV] fp32
     b_z = tl.load(z + o_f, mask=o_f < F, other=0.0)  # [BF]
     slot = p % WC
     new_is_sink = p < NS
     RT = kb.dtype.element_ty  # the window dots' operand type (DOTS): the ring's
-    # (1) fold the keys that leave the window at this step into S, z
-    if LIN:  # window 0: the new token is linear for itself unless it is a sink
+    # (1) fold the key that leaves the window at this step into S, z (sw: the one at p - w; window 0: the new
+    # token itself unless it is a sink). tk folds nothing here: its next block's state is built in (3).
+    changed = False
+    if LIN:
         b_fkn = tl.where(new_is_sink, 0.0, _vec(fk, F, BF))  # [BF]
         b_S += b_fkn[:, None] * b_v[None, :]
         b_z += b_fkn
         changed = p >= NS
-    else:
-        if TK:  # a whole block of W keys at once, BC rows per dot
-            n_fold = tl.where((p % W == 0) & (p >= 2 * W), W, 0)
-            first = p - 2 * W  # position in the first folded slot (= slot; the block does not wrap)
-            DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
-            for r0 in range(0, n_fold, BC):
-                o_r = r0 + tl.arange(0, BC)
-                m_r = (o_r < n_fold) & (first + o_r >= NS)  # sinks never enter the linear state
-                b_fkr = _rows(fkb, slot + o_r, m_r, F, BF)  # [BC, BF]
-                b_S += tl.dot(tl.trans(b_fkr.to(DT)), _rows(vb, slot + o_r, m_r, V, BV).to(DT), input_precision=PREC)
-                b_z += tl.sum(b_fkr, 0)
-            changed = n_fold > 0
-        else:  # one key: an exact fp32 rank-1 update
-            m_r = (p >= W) & (p - W >= NS)
-            b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
-            b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
-            b_z += b_fkr
-            changed = m_r
-    # (2) the linear terms, and the state written back when (1) changed it (tk: once per block of w steps).
-    # Done before the window loop so the [F, D] state is dead during it (registers for wider key tiles).
+    elif not TK:  # one key: an exact fp32 rank-1 update
+        m_r = (p >= W) & (p - W >= NS)
+        b_fkr = _row(fkb, slot, m_r, F, BF)  # [BF]
+        b_S += b_fkr[:, None] * _row(vb, slot, m_r, V, BV)[None, :]
+        b_z += b_fkr
+        changed = m_r
+    # (2) the linear terms, and the state written back when (1) changed it. Done before the window loop so
+    # the [F, D] state is dead during it (registers for wider key tiles).
     b_lin = _vec_mat(b_fq, b_S, DOTS, RT, PREC)  # [BV]; DOTS: the state rounded to the ring's type
     b_lin_den = tl.sum(b_fq * b_z, 0)
     if changed:
@@ -226,13 +232,33 @@ def hybrid_decode_kernel(
         # window keys before p: positions [lo, p), all still in the ring (p - lo < WC); visited by position,
         # so a step reads only the tiles its window covers (tk, w = 64: 2 tiles of 64 keys at most, not all 2w)
         lo = tl.maximum(tl.maximum(win_lo, NS), 0)
+        if TK:  # rows [r0, r0 + RPS) of the next block's state: this block's + the previous block's keys,
+            # which the loop below visits anyway (their values are its tiles' b_vr). Rows of this block's
+            # state loaded first so their latency overlaps the loop's.
+            o_r = (p % W) * RPS + tl.arange(0, BR)  # feature rows
+            m_rows = (o_r < (p % W + 1) * RPS) & (o_r < F)
+            m_rv = m_rows[:, None] & (o_v < V)[None, :]
+            b_Sn = tl.load(S + o_r[:, None] * V + o_v[None, :], mask=m_rv, other=0.0)  # [BR, BV]
+            b_zn = tl.load(z + o_r, mask=m_rows, other=0.0)  # [BR]
+            prev_hi = blk * W  # the previous block's keys lie below (sinks are never in this loop)
         for c0 in range(lo, p, BC):
             o_p = c0 + tl.arange(0, BC)
             m_s = o_p < p
             o_s = o_p % WC  # their slots
             b_kr = _rows(kb, o_s, m_s, K, BK)  # [BC, BK]
             b_s = tl.where(m_s, _mat_vec(b_kr, b_q, DOTS, RT, PREC) * scale, float("-inf"))  # [BC]
-            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, _rows(vb, o_s, m_s, V, BV), DOTS, RT, PREC)
+            b_vr = _rows(vb, o_s, m_s, V, BV)  # [BC, BV]
+            b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, b_vr, DOTS, RT, PREC)
+            if TK:
+                if c0 < prev_hi:  # a tile holding keys of the previous block
+                    m_fk = m_rows[:, None] & (m_s & (o_p < prev_hi))[None, :]
+                    b_fkt = tl.load(fkb + o_r[:, None] + o_s[None, :] * F, mask=m_fk, other=0.0)  # [BR, BC]
+                    DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
+                    b_Sn += tl.dot(b_fkt, b_vr.to(DT), input_precision=PREC)
+                    b_zn += tl.sum(b_fkt.to(tl.float32), 1)
+        if TK:  # write them (the other rows were or will be written by this block's other steps)
+            tl.store(S_next + o_r[:, None] * V + o_v[None, :], b_Sn, mask=m_rv)
+            tl.store(z_next + o_r, b_zn, mask=m_rows)
     o_n = tl.arange(0, BS)
     m_n = (o_n < NS) & (o_n < p)  # sinks before the new token
     b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]
@@ -272,8 +298,8 @@ class RingHybridCache:
     updated in place by :func:`hybrid_decode_step`. Assigning an int to ``pos`` fills every row in place.
     """
 
-    S: torch.Tensor  # [B, H, F, D] fp32
-    z: torch.Tensor  # [B, H, F] fp32
+    S_buf: torch.Tensor  # [B, H, NB, F, D] fp32; NB = 2 for tk windows (this block's state, the next's), else 1
+    z_buf: torch.Tensor  # [B, H, NB, F] fp32
     k_buf: torch.Tensor  # [B, H, Wc, K]
     v_buf: torch.Tensor  # [B, H, Wc, D]
     fk_buf: torch.Tensor  # [B, H, Wc, F]
@@ -296,9 +322,30 @@ class RingHybridCache:
         else:
             self.positions.fill_(int(value))
 
+    def _current(self) -> torch.Tensor:
+        """[B] int64: the state buffer each row's next step reads (tk: its block's parity; else 0)."""
+        if self.S_buf.shape[2] == 1:
+            return torch.zeros_like(self.positions)
+        return torch.remainder(torch.div(self.positions, self.window, rounding_mode="floor"), 2)
+
+    @property
+    def S(self) -> torch.Tensor:
+        """[B, H, F, D] fp32, a copy: the linear state each row's next step starts from. tk: its query's own
+        state (the keys before its block's previous block); sw and window 0: the last token's, into which
+        the next step first folds the key that leaves its window."""
+        idx = self._current()[:, None, None, None, None].expand(-1, self.S_buf.shape[1], 1, *self.S_buf.shape[3:])
+        return self.S_buf.gather(2, idx)[:, :, 0]
+
+    @property
+    def z(self) -> torch.Tensor:
+        """[B, H, F] fp32, a copy: the normaliser's state beside ``S``."""
+        idx = self._current()[:, None, None, None].expand(-1, self.z_buf.shape[1], 1, self.z_buf.shape[3])
+        return self.z_buf.gather(2, idx)[:, :, 0]
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor the cache holds (for memory accounting)."""
-        return (self.S, self.z, self.k_buf, self.v_buf, self.fk_buf, self.k_sink, self.v_sink, self.positions)
+        return (self.S_buf, self.z_buf, self.k_buf, self.v_buf, self.fk_buf, self.k_sink, self.v_sink,
+                self.positions)  # fmt: skip
 
     @classmethod
     def empty(cls, batch, heads, head_dim, value_dim, feature_dim, *, window, kind="tk", sink_tokens=0,
@@ -312,10 +359,11 @@ class RingHybridCache:
             raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
         B, H, ns = batch, heads, max(sink_tokens, 1)
         wc = max(1, window * (2 if kind == "tk" else 1))  # one unused slot for window 0
+        nb = 2 if kind == "tk" and window > 0 else 1
         z = dict(device=device, dtype=dtype)
         return cls(
-            S=torch.zeros(B, H, feature_dim, value_dim, device=device),
-            z=torch.zeros(B, H, feature_dim, device=device),
+            S_buf=torch.zeros(B, H, nb, feature_dim, value_dim, device=device),
+            z_buf=torch.zeros(B, H, nb, feature_dim, device=device),
             k_buf=torch.zeros(B, H, wc, head_dim, **z), v_buf=torch.zeros(B, H, wc, value_dim, **z),
             fk_buf=torch.zeros(B, H, wc, feature_dim, **z),
             k_sink=torch.zeros(B, H, ns, head_dim, **z), v_sink=torch.zeros(B, H, ns, value_dim, **z),
@@ -331,8 +379,9 @@ class RingHybridCache:
         lengths: [B] int tensor, the real tokens of each row, stored first (compact order: row b's tokens
         are k[b, :, :lengths[b]], the rest is padding and ignored); None: every row holds T tokens.
         PyTorch, once per prompt (one host sync to check ``lengths``): S, z over the keys that are linear
-        for each row's last token, summed in fp32 over ``chunk`` tokens at a time (bounded memory at long
-        prompts); the ring gets what token-by-token decoding would have left in it.
+        for each row's last token (tk: for its next token, and the next block's state in the other buffer),
+        summed in fp32 over ``chunk`` tokens at a time (bounded memory at long prompts); the ring gets what
+        token-by-token decoding would have left in it.
         """
         B, H, T, K = k.shape
         if v.shape[:3] != (B, H, T) or fk.shape[:3] != (B, H, T):
@@ -354,11 +403,23 @@ class RingHybridCache:
             return c
         j = torch.arange(T, device=k.device)  # [T]
         last = n - 1  # [B]
-        lin = (j[None, :] >= sink_tokens) & (j[None, :] < _window_start(last, window, kind)[:, None])  # [B, T]
-        for t0 in range(0, T, chunk):  # linear keys of each row's last token
-            fk_c = fk[:, :, t0 : t0 + chunk].float() * lin[:, None, t0 : t0 + chunk, None]  # [B, H, c, F]
-            c.S += torch.einsum("bhtf,bhtd->bhfd", fk_c, v[:, :, t0 : t0 + chunk].float())
-            c.z += fk_c.sum(2)
+        if c.S_buf.shape[2] == 2:  # tk: next position n in block n // w reads buffer (n // w) % 2, keys below
+            # (n // w - 1) w; the other holds the next block's, keys below (n // w) w (the steps of block n // w
+            # would have built it row by row)
+            blk = torch.div(n, window, rounding_mode="floor")
+            his = (((blk - 1) * window).clamp_min(0), blk * window)
+            bufs = (torch.remainder(blk, 2), torch.remainder(blk + 1, 2))
+        else:  # keys linear for each row's last token; its next step folds what leaves the window then
+            his, bufs = (_window_start(last, window, kind),), (torch.zeros_like(n),)
+        for hi, buf in zip(his, bufs):
+            lin = (j[None, :] >= sink_tokens) & (j[None, :] < hi[:, None])  # [B, T]
+            S, z = torch.zeros_like(c.S_buf[:, :, 0]), torch.zeros_like(c.z_buf[:, :, 0])
+            for t0 in range(0, T, chunk):
+                fk_c = fk[:, :, t0 : t0 + chunk].float() * lin[:, None, t0 : t0 + chunk, None]  # [B, H, c, F]
+                S += torch.einsum("bhtf,bhtd->bhfd", fk_c, v[:, :, t0 : t0 + chunk].float())
+                z += fk_c.sum(2)
+            c.S_buf.scatter_(2, buf[:, None, None, None, None].expand(-1, H, 1, *S.shape[2:]), S[:, :, None])
+            c.z_buf.scatter_(2, buf[:, None, None, None].expand(-1, H, 1, z.shape[2]), z[:, :, None])
         ns = min(sink_tokens, T)
         real = (j[None, :ns] < n[:, None])[:, None, :, None]  # [B, 1, ns, 1]
         c.k_sink[:, :, :ns] = torch.where(real, k[:, :, :ns], 0)
@@ -398,8 +459,9 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
                          "RingHybridCache.from_prompt")  # fmt: skip
     B, H, _, K = q.shape
     D, F = v.shape[-1], fq.shape[-1]
-    expect = dict(k_buf=(B, H, cache.k_buf.shape[2], K), v_buf=(B, H, cache.k_buf.shape[2], D), S=(B, H, F, D),
-                  positions=(B,))  # fmt: skip
+    nb = 2 if cache.kind == "tk" and cache.window > 0 else 1
+    expect = dict(k_buf=(B, H, cache.k_buf.shape[2], K), v_buf=(B, H, cache.k_buf.shape[2], D),
+                  S_buf=(B, H, nb, F, D), z_buf=(B, H, nb, F), positions=(B,))  # fmt: skip
     for name, shape in expect.items():
         if tuple(getattr(cache, name).shape) != shape:
             raise ValueError(f"cache.{name} has shape {tuple(getattr(cache, name).shape)}, expected {shape} for "
@@ -417,11 +479,12 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
     launch_jit(
         hybrid_decode_kernel, (B * H,),
         q.contiguous(), k.contiguous(), v.contiguous(), fq.contiguous(), fk.contiguous(), window_logit.contiguous(),
-        cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
+        cache.S_buf, cache.z_buf, cache.k_buf, cache.v_buf, cache.fk_buf, cache.k_sink, cache.v_sink, y,
         cache.positions, max(cache.window, 1), cache.sink_tokens, scale, eps,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=_use_dots(cache.fk_buf.dtype),
+        NB=nb, RPS=triton.cdiv(F, max(cache.window, 1)), BR=block(triton.cdiv(F, max(cache.window, 1))),
         num_warps=DECODE_WARPS,  # no autotuning (in place: a tuning rerun would fold twice)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value

@@ -99,16 +99,40 @@ def test_decode_matches_torch_decode_step_and_state():
     check_close("z", ref_cache.z, ring.z, **TOLERANCES[torch.float32])
 
 
-def test_from_prompt_equals_stepping():
-    """A prefilled cache equals one built token by token (state and window ring)."""
-    xs = make_seq(1, 2, 19, 12, 10, 9)
-    cfg = dict(window=4, kind="sw", sink_tokens=2)
+@pytest.mark.parametrize("kind,T", [("sw", 19), ("tk", 19), ("tk", 20)], ids=str)
+def test_from_prompt_equals_stepping(kind, T):
+    """A prefilled cache equals one built token by token (the state the next step reads, and the window
+    ring); tk mid-block (T = 19) and at a block start (T = 20: the state stepping built row by row)."""
+    xs = make_seq(1, 2, T, 12, 10, 9)
+    cfg = dict(window=4, kind=kind, sink_tokens=2)
     stepped = RingHybridCache.empty(1, 2, 12, 9, 10, device=DEVICE, **cfg)
     _, stepped = decode_all(xs, stepped, 0)
     pre = RingHybridCache.from_prompt(xs[1], xs[2], xs[4], **cfg)
     check_close("S", pre.S, stepped.S, **TOLERANCES[torch.float32])
+    check_close("z", pre.z, stepped.z, **TOLERANCES[torch.float32])
     for name in ("k_buf", "v_buf", "fk_buf", "k_sink", "v_sink"):
         assert torch.equal(getattr(pre, name), getattr(stepped, name)), name
+
+
+def test_tk_steps_never_write_the_state_they_read():
+    """tk: every step reads its block's state buffer and writes only its rows of the next block's (F = 10,
+    w = 4: 3 rows a step), so no step writes a whole state (a block start included). The current buffer
+    stays as it was through the block; after the block's last step the other one holds the current state
+    plus the previous block's keys, i.e. the state the next block's first query needs (S_p of SPEC.md)."""
+    xs = make_seq(1, 2, 16, 12, 10, 9, seed=5)
+    cfg = dict(window=4, kind="tk", sink_tokens=1)
+    ring = RingHybridCache.empty(1, 2, 12, 9, 10, device=DEVICE, **cfg)
+    _, ring = decode_all([x[:, :, :8] for x in xs[:5]] + [xs[5]], ring, 0)  # positions 0-7: blocks 0 and 1
+    cur = ring.S_buf[:, :, 0].clone()  # block 2 reads buffer 0 (keys 1..3: sink 0 excluded)
+    for p in range(8, 12):
+        before_next = ring.S_buf[:, :, 1].clone()
+        hybrid_decode_step(*(x[:, :, p : p + 1] for x in xs[:5]), xs[5], ring)
+        assert torch.equal(ring.S_buf[:, :, 0], cur), p  # read only
+        changed = (ring.S_buf[:, :, 1] != before_next).any(-1).any(1)[0]  # [F] rows this step wrote
+        assert changed.nonzero().flatten().tolist() == [r for r in range(3 * (p - 8), 3 * (p - 7)) if r < 10], p
+    k_lin = slice(1, 8)  # after block 2: keys 1..7 are linear for block 3's queries
+    want = torch.einsum("bhtf,bhtd->bhfd", xs[4][:, :, k_lin], xs[2][:, :, k_lin])
+    check_close("next state", want, ring.S_buf[:, :, 1], **TOLERANCES[torch.float32])
 
 
 def _row_tokens(x, starts, i):
@@ -170,10 +194,10 @@ def test_decode_negative_control_and_constant_memory():
     """A tk cache decoding an sw-trained sequence is wrong (the test can fail); cache size does not grow."""
     xs = make_seq(1, 1, 24, 12, 10, 9)
     cache = RingHybridCache.empty(1, 1, 12, 9, 10, window=4, kind="tk", device=DEVICE)
-    sizes = [t.numel() for t in (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf)]
+    sizes = [t.numel() for t in cache.tensors()]
     y_dec, cache = decode_all(xs, cache, 0)
     assert rel_rms(naive_hybrid_attn(*xs, window=4, kind="sw"), y_dec) > 1e-2
-    assert sizes == [t.numel() for t in (cache.S, cache.z, cache.k_buf, cache.v_buf, cache.fk_buf)]
+    assert sizes == [t.numel() for t in cache.tensors()]
 
 
 def test_decode_bad_inputs():
@@ -186,7 +210,7 @@ def test_decode_bad_inputs():
     with pytest.raises(ValueError, match=r"^window_logit must be a tensor of shape \[H\] = \(2,\)"):
         hybrid_decode_step(*tok, logit[:1], cache)
     small = RingHybridCache.empty(1, 2, 4, 5, 3, window=2, device=DEVICE)
-    with pytest.raises(ValueError, match=r"^cache.S has shape \(1, 2, 3, 5\), expected \(1, 2, 6, 5\)"):
+    with pytest.raises(ValueError, match=r"^cache.S_buf has shape \(1, 2, 2, 3, 5\), expected \(1, 2, 2, 6, 5\)"):
         hybrid_decode_step(*tok, logit, small)
     with pytest.raises(ValueError, match=r"^window must be an int >= 0"):
         RingHybridCache.empty(1, 2, 4, 5, 6, window=-1)
@@ -210,11 +234,11 @@ def test_decode_bad_inputs():
 @pytest.mark.parametrize("dots", [False, True], ids=["reductions", "dots"])
 @pytest.mark.parametrize("kind", ["tk", "sw"])
 def test_gpu_decode_bf16(kind, dots, monkeypatch):
-    """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 40 steps: within 5e-3 relative RMS, with
-    row reductions and with the dots (the default for bf16; the state then rounded to bf16 as a dot
-    operand)."""
+    """bf16 inputs, D = F = 128, 64-token window, prompt of 300 then 100 steps (tk: the block from 384 reads
+    a state its previous block's steps built, 2 rows each): within 5e-3 relative RMS, with row reductions
+    and with the dots (the default for bf16; the state then rounded to bf16 as a dot operand)."""
     monkeypatch.setattr(decode_module, "DECODE_DOTS", dots)
-    xs = make_seq(4, 8, 340, 128, 128, 128, dtype=torch.bfloat16)
+    xs = make_seq(4, 8, 400, 128, 128, 128, dtype=torch.bfloat16)
     cfg = dict(window=64, kind=kind, sink_tokens=0)
     y_full = naive_hybrid_attn(*[x.float() for x in xs[:5]], xs[5], **cfg)
     cache = RingHybridCache.from_prompt(xs[1][:, :, :300], xs[2][:, :, :300], xs[4][:, :, :300], **cfg)
