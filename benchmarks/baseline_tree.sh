@@ -2,7 +2,7 @@
 # An importable copy of lolcats_lab (kernels/ as lolcats_lab/kernels) at a git revision, for timing two versions of
 # the code in one call on the GPU machine, one process each:
 #
-#   bash benchmarks/baseline_tree.sh d0ae6d0 .ab/base        # here; .ab/ is git-ignored via .git/info/exclude
+#   bash benchmarks/baseline_tree.sh d0ae6d0 .ab/base        # here; .ab/ is git-ignored (.gitignore)
 #   PYTHONPATH=$PWD/.ab/base python3 benchmarks/graphed_vs_eager.py ...   # there (name .ab in the device tool's carry)
 #
 # The benchmark scripts come from the working tree either way; only `import lolcats_lab` resolves to the copy
