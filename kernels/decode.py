@@ -66,8 +66,11 @@ from ._utils import block, check_same_dtype_device, check_tensor, dot_precision,
 # a block start; 8 warps: 51-91 us. The step waits on latency, not on bytes or occupancy. With DECODE_DOTS
 # (H200, results/*-2026-12-01-decode-session10.json, tk w = 64) 32 keys took 30.1 / 33.5 / 45.4 us
 # mid-block / at a full window / at a block start, 31.1 us per step over a block of 64, against 31.6 /
-# 33.6 / 44.7 and 31.9 with 64 keys.
-DECODE_TILE = 32
+# 33.6 / 44.7 and 31.9 with 64 keys. Session 20 (H100, the tk steps building the next block's state row by row,
+# whose fold dot runs on the tiles of the previous block: results/*-2026-12-07-decode-session20-v1.json): 64 keys
+# 35.9 / 38.8 / 32.3 us mid-block / at a full window / at a block start and 35.8 per step over a block,
+# against 36.5 / 41.8 / 34.5 and 38.1 with 32 (the code before it: 33.4 per step over a block either way).
+DECODE_TILE = 64
 # The step's three matrix-vector products (fq S over the state's rows, the window scores k . q over the head
 # dim, the weighted values sum_j p_j v_j over the keys) as tl.dot on a 16-row operand holding the vector in
 # row 0, instead of elementwise products and row reductions. Compiled for sm_90 (4 warps, 64-key tiles;
@@ -233,14 +236,11 @@ def hybrid_decode_kernel(
         # so a step reads only the tiles its window covers (tk, w = 64: 2 tiles of 64 keys at most, not all 2w)
         lo = tl.maximum(tl.maximum(win_lo, NS), 0)
         if TK:  # rows [r0, r0 + RPS) of the next block's state: this block's + the previous block's keys,
-            # which the loop below visits anyway (their values are its tiles' b_vr). Rows of this block's
-            # state loaded first so their latency overlaps the loop's.
+            # which the loop below visits anyway (their values are its tiles' b_vr)
             o_r = (p % W) * RPS + tl.arange(0, BR)  # feature rows
             m_rows = (o_r < (p % W + 1) * RPS) & (o_r < F)
-            m_rv = m_rows[:, None] & (o_v < V)[None, :]
-            b_Sn = tl.load(S + o_r[:, None] * V + o_v[None, :], mask=m_rv, other=0.0)  # [BR, BV]
-            b_zn = tl.load(z + o_r, mask=m_rows, other=0.0)  # [BR]
-            prev_hi = blk * W  # the previous block's keys lie below (sinks are never in this loop)
+            b_Sn = tl.zeros([BR, BV], dtype=tl.float32)
+            b_zn = tl.zeros([BR], dtype=tl.float32)
         for c0 in range(lo, p, BC):
             o_p = c0 + tl.arange(0, BC)
             m_s = o_p < p
@@ -249,16 +249,20 @@ def hybrid_decode_kernel(
             b_s = tl.where(m_s, _mat_vec(b_kr, b_q, DOTS, RT, PREC) * scale, float("-inf"))  # [BC]
             b_vr = _rows(vb, o_s, m_s, V, BV)  # [BC, BV]
             b_m, b_acc, b_l = _online(b_m, b_acc, b_l, b_s, b_vr, DOTS, RT, PREC)
-            if TK:
-                if c0 < prev_hi:  # a tile holding keys of the previous block
-                    m_fk = m_rows[:, None] & (m_s & (o_p < prev_hi))[None, :]
-                    b_fkt = tl.load(fkb + o_r[:, None] + o_s[None, :] * F, mask=m_fk, other=0.0)  # [BR, BC]
-                    DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
-                    b_Sn += tl.dot(b_fkt, b_vr.to(DT), input_precision=PREC)
-                    b_zn += tl.sum(b_fkt.to(tl.float32), 1)
-        if TK:  # write them (the other rows were or will be written by this block's other steps)
-            tl.store(S_next + o_r[:, None] * V + o_v[None, :], b_Sn, mask=m_rv)
-            tl.store(z_next + o_r, b_zn, mask=m_rows)
+            if TK:  # the previous block's keys (positions below blk * W; sinks are never in this loop)
+                m_fk = (m_s & (o_p < blk * W))[:, None] & m_rows[None, :]
+                b_fkr = tl.load(fkb + o_s[:, None] * F + o_r[None, :], mask=m_fk, other=0.0)  # [BC, BR]
+                DT = fkb.dtype.element_ty  # half rings: products exact in the dot, sums fp32
+                b_Sn += tl.dot(tl.trans(b_fkr), b_vr.to(DT), input_precision=PREC)
+                b_zn += tl.sum(b_fkr.to(tl.float32), 0)
+        if TK:  # write them (the other rows were or will be written by this block's other steps). Timed on
+            # an H100 (session 20) against this form and rejected: these rows' loads before the loop, the
+            # fold dot only on tiles below blk * W (a branch in the loop) and fk loaded as [BR, BC]: 37.7 against
+            # 35.8 us per step over a block (results/*-2026-12-07-decode-session20-v2-rejected.json)
+            m_rv = m_rows[:, None] & (o_v < V)[None, :]
+            b_Sc = tl.load(S + o_r[:, None] * V + o_v[None, :], mask=m_rv, other=0.0)  # [BR, BV]
+            tl.store(S_next + o_r[:, None] * V + o_v[None, :], b_Sc + b_Sn, mask=m_rv)
+            tl.store(z_next + o_r, tl.load(z + o_r, mask=m_rows, other=0.0) + b_zn, mask=m_rows)
     o_n = tl.arange(0, BS)
     m_n = (o_n < NS) & (o_n < p)  # sinks before the new token
     b_kn = _rows(ks, o_n, m_n, K, BK)  # [BS, BK]

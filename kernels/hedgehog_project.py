@@ -168,15 +168,30 @@ def project_back_maps(maps):
     return [(dx_m, next(dws).to(w_m.dtype) if need_w else None) for (_, _, w_m, _, need_w), dx_m in zip(maps, dxs)]
 
 
-def project_back_any(maps):
+def project_back_any(maps, *, paired: bool = True):
     """``[(dz, x, w, need_dx, need_dw), ...]`` -> ``[(dx or None, dw or None), ...]`` as :func:`project_back_maps`
     where the kernel takes every map that needs something (:func:`kernel_takes`; one dz shape and head dim),
-    else through ``hedgehog_map.project_back``'s GEMMs map by map. A map that needs nothing is not read (its dz
-    may be None)."""
-    live = [m for m in maps if m[3] or m[4]]
-    one_shape = len({(m[0].shape, m[1].shape[-1]) for m in live}) == 1
-    if live and one_shape and all(kernel_takes(*m[:3]) for m in live):
-        got = iter(project_back_maps(live))
-    else:
-        got = iter([project_back(dz, x, w, need_dx=nx, need_dw=nw) for dz, x, w, nx, nw in live])
-    return [next(got) if (m[3] or m[4]) else (None, None) for m in maps]
+    else map by map: the kernel for each map it takes, ``hedgehog_map.project_back``'s GEMMs for the others. A
+    map that needs nothing is not read (its dz may be None).
+
+    ``paired=False`` always goes map by map and sets each entry of ``maps`` to None once its map is done, so
+    a caller that keeps no other reference to a dz frees it before the next map's dx is allocated: one dz
+    [B, H, T, f] less at the peak than a paired launch, which needs both (the fused op, whose point is
+    memory: 918 MiB at 64k with this order in session 18's H100 table, 1,174 with both dz held in session 20,
+    results/NVIDIA_H100_80GB_HBM3-2026-12-07-peak-fused-0-session20.json)."""
+    live = [i for i, m in enumerate(maps) if m[3] or m[4]]
+    one_shape = len({(maps[i][0].shape, maps[i][1].shape[-1]) for i in live}) == 1
+    if paired and live and one_shape and all(kernel_takes(*maps[i][:3]) for i in live):
+        got = iter(project_back_maps([maps[i] for i in live]))
+        return [next(got) if i in live else (None, None) for i in range(len(maps))]
+    out = [(None, None)] * len(maps)
+    for i in live:
+        dz, x, w, need_dx, need_dw = maps[i]
+        if not paired:
+            maps[i] = None  # the caller's list no longer holds this dz
+        if kernel_takes(dz, x, w):
+            out[i] = project_back_maps([(dz, x, w, need_dx, need_dw)])[0]
+        else:
+            out[i] = project_back(dz, x, w, need_dx=need_dx, need_dw=need_dw)
+        del dz  # freed here unless the caller holds it
+    return out

@@ -430,8 +430,11 @@ def linear_attn_bwd(q, k, v, y, do, saved, wq=None, wk=None, *, chunk_size=32, p
         if GK > 1:
             dk = dk.view(B, H // GK, GK, T, K).sum(2).to(k.dtype)  # [B, KH, T, K]
         return dq, dk, dv, None, None
-    # the projections' backward: hedgehog_project's kernel where it takes dz (in q's dtype), else cuBLAS GEMMs
-    (dq, dwq), (dk, dwk) = project_back_any([(dq, q, wq, True, True), (dk, k, wk, True, True)])
+    # the projections' backward: hedgehog_project's kernel where it takes dz (in q's dtype), else cuBLAS GEMMs;
+    # map by map, each dz freed before the next map's dx exists (this op's peak memory: project_back_any)
+    maps = [(dq, q, wq, True, True), (dk, k, wk, True, True)]
+    del dq, dk
+    (dq, dwq), (dk, dwk) = project_back_any(maps, paired=False)
     return dq, dk, dv, dwq, dwk
 
 

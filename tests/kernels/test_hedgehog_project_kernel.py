@@ -132,3 +132,54 @@ def test_grouped_heads_with_narrow_head_dims_take_the_gemms(monkeypatch):
     assert torch.equal(dx, want_dx) and torch.equal(dw, want_dw)
     with pytest.raises(ValueError, match="project_back_maps takes one or two maps, got 3"):
         hp.project_back_maps([(*case, True, True)] * 3)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "gemms"])
+def test_unpaired_frees_each_dz_before_the_next_map(monkeypatch, kernel):
+    """paired=False (the fused op's backward): map by map, each entry of the caller's list set to None once its
+    map is done, so a dz nobody else holds is freed before the next map's dx is allocated (one dz less at
+    the peak); the results equal the paired launch's (kernel) or the GEMMs' exactly. paired=True keeps both."""
+    import weakref
+
+    from lolcats_lab.kernels import hedgehog_map
+
+    monkeypatch.setattr(hp, "PROJECT_BACK_KERNEL", kernel)
+    cases = [_map_case(1, 2, 1, 70, 40, 8, torch.float32, seed=s) for s in (3, 4)]
+    want = hp.project_back_any([(*c, True, True) for c in cases])
+    alive_at_call = []  # for each projection call: whether the first map's dz is still alive
+
+    def watch(fn):
+        def wrapped(*args, **kwargs):
+            alive_at_call.append(first_dz() is not None)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(hp, "project_back_maps", watch(hp.project_back_maps))
+    monkeypatch.setattr(hp, "project_back", watch(hedgehog_map.project_back))
+    maps = [(c[0].clone(), *c[1:], True, True) for c in cases]
+    first_dz = weakref.ref(maps[0][0])
+    got = hp.project_back_any(maps, paired=False)
+    assert maps == [None, None] and alive_at_call == [True, False]  # freed before the second map ran
+    for (dx, dw), (want_dx, want_dw) in zip(got, want):
+        assert torch.equal(dx, want_dx) and torch.equal(dw, want_dw)
+    alive_at_call.clear()
+    maps = [(c[0].clone(), *c[1:], True, True) for c in cases]
+    first_dz = weakref.ref(maps[0][0])
+    hp.project_back_any(maps, paired=True)
+    assert maps[0] is not None and alive_at_call == ([True] if kernel else [True, True])
+
+
+def test_mixed_maps_take_the_kernel_where_it_can(monkeypatch):
+    """A map the kernel refuses (grouped x heads at head dim 32) beside one it takes: each map its own path,
+    the refused one exactly the GEMMs' result, the other within fp32 tolerance of the einsum."""
+    from lolcats_lab.kernels.hedgehog_map import project_back
+
+    monkeypatch.setattr(hp, "PROJECT_BACK_KERNEL", True)
+    narrow = _map_case(1, 2, 2, 30, 32, 8, torch.float32, seed=8)
+    wide = _map_case(1, 2, 1, 30, 40, 8, torch.float32, seed=9)
+    (dx_n, dw_n), (dx_w, dw_w) = hp.project_back_any([(*narrow, True, True), (*wide, True, True)])
+    want_dx, want_dw = project_back(*narrow)
+    assert torch.equal(dx_n, want_dx) and torch.equal(dw_n, want_dw)
+    ref_dx, ref_dw = _einsum_grads(*wide)
+    check_close("dx", ref_dx, dx_w, **TOLERANCES[torch.float32])
+    check_close("dw", ref_dw, dw_w, **TOLERANCES[torch.float32])
