@@ -164,8 +164,8 @@ def hybrid_decode_kernel(
 ):  # fmt: skip
     """Grid (B*H,). q, k [B*H, K]; v, y [B*H, D]; fq, fk [B*H, F]; S [B*H, NB, F, D], z [B*H, NB, F] (NB = 2
     for tk windows: the current state and the next block's, else 1); rings [B*H, WC, *]; pos [B] int64 (read
-    only). LIN: window 0 (pure linear, only sinks are exact). DOTS: see DECODE_DOTS. NB: 2 (tk) or 1. RPS:
-    rows of the next block's state prepared per tk step (ceil(F / W)), BR: their tile (a power of two >= 16)."""
+    only). LIN: window 0 (pure linear, only sinks are exact). DOTS: see DECODE_DOTS. RPS: rows of the next
+    block's state written per tk step (ceil(F / W)), BR: their tile (a power of two >= 16)."""
     i_bh = tl.program_id(0)
     i_bh64 = i_bh.to(tl.int64)
     p = tl.load(pos + i_bh // H).to(tl.int64)  # this row's position
