@@ -14,9 +14,9 @@
 #   linear    the linear kernels' GPU tests, then bench_attention.py at 1k / 4k / 16k / 64k: SDPA, fla, ours
 #   hybrid64  the hybrid with 64-token tiles at 16k / 32k (bench_attention.py provider triton_hybrid_tk_c64)
 #   quadratic the hybrid at 8k beside the quadratic PyTorch forms (LoLCATs-style bf16, fp32 reference)
-#   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x DECODE_DOTS sweep)
-#   decode-ab the decode step's GPU tests, then the step timed (bench_attention.py --providers none) here and, with
-#             BASELINE=<baseline_tree.sh folder>, in that tree (its own process, this tree's benchmark script)
+#   decode    the decode step alone: its GPU tests, then bench_attention.py --providers none (tile x DECODE_DOTS sweep);
+#             with BASELINE=<baseline_tree.sh folder> the same timing in that tree, its own process (decode-ab: the
+#             same step, its name in session 20)
 #   profile   profile_kernels.py at 1k and 16k (kernel time vs wall time)
 #   profile-split  profile_kernels.py for the hybrid ops, split backward then --single-scan
 #   profile-linear  profile_kernels.py for the linear ops at 4k / 16k (kernel time per kernel)
@@ -157,11 +157,7 @@ for step in "$@"; do
         quadratic)  # the 50x comparison at 8k: LoLCATs-style bf16 quadratic hybrid and the fp32 reference vs ours
             run 200 quadratic python3 benchmarks/bench_attention.py --no-decode --lengths 8192 \
                 --providers triton_hybrid_tk lolcats_quadratic_tk naive_hybrid_tk --out "$OUT/quadratic.json" ;;
-        decode)
-            run 120 decode-tests python3 -m pytest -m gpu tests/kernels/test_decode_kernel.py \
-                tests/models/test_triton_decode_cache.py --timeout 90 -p no:cacheprovider -rA -q
-            run 150 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json" ;;
-        decode-ab)
+        decode|decode-ab)
             run 150 decode-tests python3 -m pytest -m gpu tests/kernels/test_decode_kernel.py \
                 tests/models/test_triton_decode_cache.py --timeout 90 -p no:cacheprovider -rA -q
             run 150 decode python3 benchmarks/bench_attention.py --providers none --out "$OUT/decode.json"

@@ -284,6 +284,11 @@ def hybrid_decode_kernel(
         tl.store(fkb + slot * F + o_f, _vec(fk, F, BF).to(fkb.dtype.element_ty), mask=_all(o_f < F, m_ring))
 
 
+def _state_buffers(kind: str, window: int) -> int:
+    """State buffers per head: 2 for tk windows (the current block's state and the next block's), else 1."""
+    return 2 if kind == "tk" and window > 0 else 1
+
+
 def _window_start(last: torch.Tensor, window: int, kind: str) -> torch.Tensor:
     """First position of W_last for each row (SPEC.md); last [B] int64 (-1 for an empty row) -> [B].
     Window 0: last + 1 (no window keys besides the sinks)."""
@@ -363,7 +368,7 @@ class RingHybridCache:
             raise ValueError(f"sink_tokens must be an int >= 0, got {sink_tokens!r}")
         B, H, ns = batch, heads, max(sink_tokens, 1)
         wc = max(1, window * (2 if kind == "tk" else 1))  # one unused slot for window 0
-        nb = 2 if kind == "tk" and window > 0 else 1
+        nb = _state_buffers(kind, window)
         z = dict(device=device, dtype=dtype)
         return cls(
             S_buf=torch.zeros(B, H, nb, feature_dim, value_dim, device=device),
@@ -463,7 +468,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
                          "RingHybridCache.from_prompt")  # fmt: skip
     B, H, _, K = q.shape
     D, F = v.shape[-1], fq.shape[-1]
-    nb = 2 if cache.kind == "tk" and cache.window > 0 else 1
+    nb = _state_buffers(cache.kind, cache.window)
     expect = dict(k_buf=(B, H, cache.k_buf.shape[2], K), v_buf=(B, H, cache.k_buf.shape[2], D),
                   S_buf=(B, H, nb, F, D), z_buf=(B, H, nb, F), positions=(B,))  # fmt: skip
     for name, shape in expect.items():
@@ -479,6 +484,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         raise ValueError(f"cache.positions must be int64 on {q.device}, got {cache.positions.dtype} on "
                          f"{cache.positions.device}")  # fmt: skip
     scale = K**-0.5 if scale is None else float(scale)
+    rows_per_step = triton.cdiv(F, max(cache.window, 1))  # tk: rows of the next block's state per step
     y = torch.empty_like(v)
     launch_jit(
         hybrid_decode_kernel, (B * H,),
@@ -488,7 +494,7 @@ def hybrid_decode_step(q, k, v, fq, fk, window_logit, cache: RingHybridCache, *,
         H=H, K=K, V=D, F=F, WC=cache.k_buf.shape[2], NSC=cache.k_sink.shape[2], BK=block(K), BV=block(D),
         BF=block(F), BC=16 if is_interpreter() else DECODE_TILE, BS=block(cache.k_sink.shape[2]), TK=cache.kind == "tk",
         LIN=cache.window == 0, PREC=dot_precision(cache.fk_buf.dtype), DOTS=_use_dots(cache.fk_buf.dtype),
-        NB=nb, RPS=triton.cdiv(F, max(cache.window, 1)), BR=block(triton.cdiv(F, max(cache.window, 1))),
+        NB=nb, RPS=rows_per_step, BR=block(rows_per_step),
         num_warps=DECODE_WARPS,  # no autotuning (in place: a tuning rerun would fold twice)
     )  # fmt: skip
     cache.positions.add_(1)  # after the kernel, as its own op: every program read the old value
